@@ -1,0 +1,42 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Each creates .venv if needed, installs the package, and installs Debian's
+# dataset-fashion-mnist when /usr/share/datasets/fashion-mnist is missing.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CONFIG ?= configs/default.py
+WORKDIR ?= runs/default
+PYTEST_ARGS ?=
+
+.PHONY: run test setup dataset bench clean
+
+run: setup
+	$(PY) -m neurojax.main --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+setup: $(VENV)/.installed dataset
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+dataset:
+	@if [ ! -d $(FMNIST_DIR) ]; then \
+	  echo "Installing Debian's dataset-fashion-mnist into $(FMNIST_DIR)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+# Throughput against PyTorch eager (installs the `convert` extra: torch, torchvision).
+bench: setup
+	$(PY) -m pip install -q -e '.[test,convert]'
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf runs benchmarks/out .pytest_cache

@@ -1,0 +1,115 @@
+"""The base experiment config and its validation.
+
+Every config file in `configs/` starts from `base_config()`, so every knob
+exists in every experiment and can be overridden on the command line as
+`--config.a.b=value`. `validate(config)` runs before anything is built or
+compiled; each error names the field, the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from neurojax import models
+from neurojax.train.optimizers import OPTIMIZERS
+from neurojax.train.schedules import SCHEDULES
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "supervised"
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict({"name": "lenet5"})
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="idx", name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
+      per_class=0, subset_seed=0, num_classes=0, image_size=0, crop_padding=0, flip=False,
+      random_resized_crop=False, eval_resize=0, mean=(0.0,), std=(1.0,),
+      synthetic_train_size=512, synthetic_eval_size=128, synthetic_shape=(8, 8, 1),
+      num_threads=4, prefetch=2))
+
+  c.batch_size = 128         # global, over all devices and processes
+  c.eval_batch_size = 1000   # global; the last batch is padded, not dropped
+  c.num_epochs = 10.0
+  c.num_steps = 0            # > 0 overrides num_epochs
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_exclude="",
+      b1=0.9, b2=0.999, eps=1e-8))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name="cosine", lr=0.05, warmup_epochs=0.0, final_lr_fraction=0.0, milestones=(0,),
+      gamma=0.1, step_epochs=30.0))
+  c.label_smoothing = 0.0
+  c.compute_dtype = "float32"  # or bfloat16: params stay float32
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 0        # 0: once per epoch
+  c.checkpoint_every_steps = 0  # 0: once per epoch
+  c.keep_checkpoints = 3
+  c.async_checkpoint = True
+  c.progress = True
+
+  c.distributed = ml_collections.ConfigDict(dict(
+      num_processes=1, process_id=0, coordinator_address="", auto=False))
+  return c
+
+
+def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
+  """`get_config()` of configs/<name>.py next to `config_file` (for derived configs)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"neurojax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def _choice(value, field: str, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f"config.{field}={value!r} is not valid; choose one of: "
+                      f"{', '.join(map(str, choices))}")
+
+
+def _positive(config, *fields, allow_zero=False) -> None:
+  for field in fields:
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value < 0 or (value == 0 and not allow_zero):
+      raise ConfigError(f"config.{field}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(config) -> None:
+  """Raises ConfigError for unknown names and bad values, before any compile."""
+  from neurojax import data, methods  # pylint: disable=g-import-not-at-top
+  _choice(config.method, "method", methods.names())
+  _choice(config.model.name, "model.name", models.names())
+  valid = models.options(config.model.name)
+  for key in config.model:
+    if key != "name" and key not in valid:
+      raise ConfigError(f"config.model.{key} is not an option of model {config.model.name!r}; "
+                        f"its options are: {', '.join(valid) or '(none)'}")
+  _choice(config.compute_dtype, "compute_dtype", tuple(models.DTYPES))
+  _choice(config.optimizer.name, "optimizer.name", OPTIMIZERS)
+  _choice(config.schedule.name, "schedule.name", SCHEDULES)
+  _positive(config, "batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints")
+  _positive(config, "num_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps",
+            "schedule.lr", "schedule.warmup_epochs", "optimizer.weight_decay", allow_zero=True)
+  if not config.num_steps and not config.num_epochs:
+    raise ConfigError("set config.num_epochs or config.num_steps to a positive number")
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
+  if config.distributed.num_processes > 1 and not config.distributed.coordinator_address:
+    raise ConfigError("config.distributed.num_processes > 1 needs "
+                      "config.distributed.coordinator_address (e.g. 'localhost:12345')")
+  try:
+    data.validate_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

@@ -1,0 +1,64 @@
+"""Plain supervised training: the loop every other method builds on.
+
+    state <- init(seed) or the latest checkpoint in workdir
+    for step in steps: state <- train_step(state, batch[step])
+        every epoch (or N steps): evaluate; checkpoint
+    final evaluation, summary table, results.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+from neurojax.train import steps as steps_lib
+from neurojax.train.experiment import setup
+from neurojax.train.loop import Hook, fit
+from neurojax.train.writers import format_table
+
+
+def run(config, workdir: str) -> dict:
+  exp = setup(config, workdir)
+  train_step = steps_lib.jit_train_step(
+      steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
+                              schedule=exp.schedule), exp.mesh)
+  eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(exp.model), exp.mesh)
+  history = []
+
+  def evaluate(step, state):
+    metrics = steps_lib.evaluate(eval_step, state, exp.data.eval.batches(), exp.mesh)
+    exp.writer.write(step, metrics, prefix="eval/")
+    history.append({"step": step, "epoch": step / exp.steps_per_epoch, **metrics})
+    logging.info("eval at step %d: %s", step, metrics)
+
+  start = time.perf_counter()
+  start_step = int(exp.state.step)
+  progress = exp.progress()
+  state = fit(exp.state, train_step=train_step, batches=exp.data.train.batches(start_step),
+              mesh=exp.mesh, num_steps=exp.num_steps, writer=exp.writer,
+              log_every=config.log_every_steps, progress=progress,
+              hooks=[Hook(exp.every(config.eval_every_steps), evaluate),
+                     Hook(exp.every(config.checkpoint_every_steps), exp.save)])
+  progress.close()
+  if not history or history[-1]["step"] != exp.num_steps:
+    evaluate(exp.num_steps, state)
+  exp.checkpointer.wait()
+  exp.writer.close()
+  results = {
+      "model": config.model.name, "dataset": f"{config.data.source}:{config.data.name}",
+      "steps": exp.num_steps, "epochs": exp.num_steps / exp.steps_per_epoch,
+      "resumed_from": exp.resumed_from, "train_seconds_this_run": time.perf_counter() - start,
+      "train_step_compiles": train_step._cache_size(),  # pylint: disable=protected-access
+      "final": history[-1], "evals": history,
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=1)
+    print(f"\n{config.model.name} on {results['dataset']}, {exp.num_steps} steps "
+          f"({results['epochs']:.1f} epochs), workdir {workdir}")
+    print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
+  return results

@@ -1,0 +1,48 @@
+"""Initialisers and small layers shared by the models.
+
+PyTorch's default init for a bare `nn.Linear`/`nn.Conv` is
+kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the
+kernel, and the same bound for the bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_bias_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def torch_dense(x, features: int, dtype, name=None):
+  """nn.Linear with PyTorch's default init, applied to `x`."""
+  return nn.Dense(features, dtype=dtype, kernel_init=torch_kernel_init,
+                  bias_init=torch_bias_init(x.shape[-1]), name=name)(x)
+
+
+def torch_conv(x, features: int, kernel: int, dtype, stride: int = 1, padding: int = 0,
+               name=None):
+  """nn.Conv2d (with bias) with PyTorch's default init and symmetric padding."""
+  fan_in = x.shape[-1] * kernel * kernel
+  return nn.Conv(features, (kernel, kernel), strides=stride,
+                 padding=[(padding, padding)] * 2, dtype=dtype,
+                 kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in),
+                 name=name)(x)
+
+
+def batch_norm(train: bool, dtype, name=None, scale_init=nn.initializers.ones):
+  """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, scale_init=scale_init, name=name)

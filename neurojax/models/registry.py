@@ -1,0 +1,52 @@
+"""Models by name. A model is a Flax Linen module called as `model(x, train=...)`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def register(name: str):
+  """Decorator: registers a module class or factory under `name`."""
+  def wrap(factory):
+    if name in _MODELS:
+      raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = factory
+    return factory
+  return wrap
+
+
+def names() -> list[str]:
+  return sorted(_MODELS)
+
+
+def options(name: str) -> list[str]:
+  """The keyword arguments a model accepts (besides num_classes and dtype)."""
+  factory = _MODELS[name]
+  if dataclasses.is_dataclass(factory):
+    fields = [f.name for f in dataclasses.fields(factory) if f.init]
+  else:
+    fields = list(getattr(factory, "__annotations__", {}))
+  return sorted(set(fields) - {"num_classes", "dtype", "parent", "name", "return"})
+
+
+def get_model(name: str, *, num_classes: int, dtype: str = "float32", **kwargs) -> nn.Module:
+  """Builds model `name`; errors name the valid models and options."""
+  if name not in _MODELS:
+    raise ValueError(f"config.model.name={name!r} is not a known model; "
+                     f"choose one of: {', '.join(names())}")
+  if dtype not in DTYPES:
+    raise ValueError(f"config.compute_dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+  valid = options(name)
+  for key in kwargs:
+    if key not in valid:
+      raise ValueError(f"config.model.{key} is not an option of model {name!r}; "
+                       f"its options are: {', '.join(valid) or '(none)'}")
+  return _MODELS[name](num_classes=num_classes, dtype=DTYPES[dtype], **kwargs)

@@ -1,0 +1,77 @@
+"""CIFAR-style ResNets (He et al. 2016, section 4.2): 6n+2 layers.
+
+A 3x3 conv with 16 channels, three stages of n BasicBlocks (16, 32, 64
+channels; stride 2 at the start of stages 2 and 3), global average pooling
+and a linear classifier. Shortcuts are option A (identity; when the shape
+changes, subsample by 2 and zero-pad the new channels), as in the paper.
+BN running statistics live in the `batch_stats` collection, which the train
+state carries. Convs have no bias and use kaiming_normal(fan_in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from neurojax.models.layers import batch_norm, kaiming_normal_fan_in, torch_dense
+from neurojax.models.registry import register
+
+
+def conv3x3(features: int, stride: int, dtype, name=None):
+  return nn.Conv(features, (3, 3), strides=stride, padding=[(1, 1), (1, 1)],
+                 use_bias=False, dtype=dtype, kernel_init=kaiming_normal_fan_in, name=name)
+
+
+class BasicBlock(nn.Module):
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    h = conv3x3(self.features, self.stride, self.dtype, name="conv1")(x)
+    h = nn.relu(batch_norm(train, self.dtype, name="bn1")(h))
+    h = conv3x3(self.features, 1, self.dtype, name="conv2")(h)
+    h = batch_norm(train, self.dtype, name="bn2")(h)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = x[:, ::self.stride, ::self.stride, :]
+      extra = self.features - x.shape[-1]
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return nn.relu(h + shortcut)
+
+
+class CifarResNet(nn.Module):
+  depth: int = 20
+  num_classes: int = 10
+  width: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if (self.depth - 2) % 6:
+      raise ValueError(f"config.model.depth={self.depth} must be 6n+2 (20, 32, 44, 56, 110)")
+    n = (self.depth - 2) // 6
+    x = x.astype(self.dtype)
+    x = conv3x3(self.width, 1, self.dtype, name="conv1")(x)
+    x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
+    for stage in range(3):
+      for block in range(n):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(self.width * 2**stage, stride, self.dtype,
+                       name=f"stage{stage + 1}_block{block}")(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return torch_dense(x, self.num_classes, self.dtype, name="fc")
+
+
+def _cifar_resnet(depth: int):
+  def factory(num_classes: int = 10, dtype: Any = jnp.float32, width: int = 16):
+    return CifarResNet(depth=depth, num_classes=num_classes, width=width, dtype=dtype)
+  factory.__annotations__ = {"width": int}
+  return factory
+
+
+for _depth in (20, 32, 44, 56, 110):
+  register(f"resnet{_depth}")(_cifar_resnet(_depth))

@@ -1,0 +1,81 @@
+"""Devices, the mesh, shardings and multi-process start-up.
+
+One `jax.sharding.Mesh` with a `data` axis. Batches are sharded on `data`;
+params and optimizer state are replicated (explicit NamedShardings, so a
+`model` axis can be added later without touching the steps). Each process
+feeds only its own rows of the global batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize(dist_config) -> None:
+  """Calls `jax.distributed.initialize` when several processes are configured.
+
+  `dist_config` has `num_processes`, `process_id`, `coordinator_address` and
+  `auto` (TPU pods and SLURM: let JAX discover everything). On CPU the
+  collectives go through gloo.
+  """
+  if jax.distributed.is_initialized():
+    return
+  if dist_config.num_processes <= 1 and not dist_config.auto:
+    return
+  # Only affects CPU devices (tests, and CPU-only multi-host runs).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if dist_config.auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(
+        coordinator_address=dist_config.coordinator_address,
+        num_processes=dist_config.num_processes,
+        process_id=dist_config.process_id,
+    )
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of all processes) with axis `data`.
+
+  Devices are ordered by process, so process p's devices hold a contiguous
+  block of the batch, matching `jax.make_array_from_process_local_data`.
+  """
+  devices = jax.devices() if devices is None else devices
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Puts this process's rows of a global batch on the mesh.
+
+  Every process passes its local rows (a dict of numpy arrays); the result
+  is a dict of global `jax.Array`s sharded over `data`.
+  """
+  sharding = data_sharded(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def check_batch_size(batch_size: int, field: str, mesh: Mesh) -> None:
+  """Raises if `batch_size` does not split evenly over devices and processes."""
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(
+        f"config.{field}={batch_size} must be a multiple of the number of devices "
+        f"({n}); try {max(n, batch_size // n * n)}.")
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0

@@ -1,0 +1,139 @@
+"""The set-up every method shares: mesh, data, model, optimizer, state,
+checkpoints and writers, restored from the workdir when a run resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+
+from neurojax import models, parallel
+from neurojax.train import checkpoint as ckpt_lib
+from neurojax.train.optimizers import make_optimizer
+from neurojax.train.schedules import make_schedule
+from neurojax.train.state import TrainState, create_train_state, init_variables
+from neurojax.train.writers import MetricWriter, Progress
+
+# Fields that may change between the runs of one workdir without changing results.
+RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "async_checkpoint",
+                      "data.num_threads", "data.prefetch", "keep_checkpoints")
+
+
+class ConfigMismatchError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: jax.sharding.Mesh
+  data: object
+  model: object
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  state: TrainState
+  checkpointer: ckpt_lib.Checkpointer
+  writer: MetricWriter
+  num_steps: int
+  resumed_from: int | None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.data.info.steps_per_epoch
+
+  def every(self, steps: int) -> int:
+    """A period in steps; 0 means once per epoch."""
+    return steps or self.steps_per_epoch
+
+  def data_position(self, step: int) -> dict:
+    return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch}
+
+  def save(self, step: int, state: TrainState) -> None:
+    self.checkpointer.save(step, state, self.data_position(step))
+
+  def progress(self, desc: str = "train") -> Progress:
+    return Progress(self.num_steps, int(self.state.step), self.config.batch_size, desc,
+                    enabled=self.config.progress)
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  return config.num_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def setup(config, workdir: str, *, data=None) -> Experiment:
+  """Builds everything for `config` and resumes from `workdir` if it holds a run."""
+  from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, "batch_size", mesh)
+  parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
+  os.makedirs(workdir, exist_ok=True)
+  _check_or_save_config(config, workdir)
+
+  data = data or build_data(config)
+  model_options = {k: v for k, v in config.model.items() if k != "name"}
+  model = models.get_model(config.model.name, num_classes=data.info.num_classes,
+                           dtype=config.compute_dtype, **model_options)
+  num_steps = total_steps(config, data.info.steps_per_epoch)
+  schedule = make_schedule(config.schedule, data.info.steps_per_epoch, num_steps)
+  abstract_params = jax.eval_shape(lambda k: init_variables(model, k, data.info.image_shape)[0],
+                                   jax.random.PRNGKey(0))
+  tx = make_optimizer(config.optimizer, schedule, abstract_params)
+  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
+                             parallel.replicated(mesh))
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=config.keep_checkpoints,
+                                       async_save=config.async_checkpoint)
+  restored = checkpointer.restore_latest(state)
+  resumed_from = None
+  if restored is not None:
+    state, meta = restored
+    resumed_from = int(meta["step"])
+    if meta.get("steps_per_epoch", data.info.steps_per_epoch) != data.info.steps_per_epoch:
+      raise ConfigMismatchError(
+          f"the checkpoint in {workdir} was written with {meta['steps_per_epoch']} steps per "
+          f"epoch, but this config gives {data.info.steps_per_epoch}; use a new --workdir.")
+    logging.info("resuming from step %d (epoch %d, batch %d) in %s", resumed_from,
+                 meta["epoch"], meta["batch_in_epoch"], workdir)
+  writer = MetricWriter(workdir, resume_step=resumed_from)
+  return Experiment(config, workdir, mesh, data, model, schedule, tx, state, checkpointer,
+                    writer, num_steps, resumed_from)
+
+
+def _flatten(config, prefix="") -> dict:
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def _check_or_save_config(config, workdir: str) -> None:
+  """Saves the resolved config; on resume, refuses a config that changed."""
+  path = os.path.join(workdir, "config.json")
+  current = _flatten(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k)
+                     and not any(k == s or k.startswith(s + ".") for s in RESUME_SAFE_FIELDS))
+    if changed:
+      diff = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+      raise ConfigMismatchError(
+          f"{workdir} holds a run with a different config ({diff}). Resuming would mix two "
+          f"experiments. Use a new --workdir, or move {workdir} away to start again.")
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump(current, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)

@@ -1,0 +1,46 @@
+"""Optimizers from config, with weight decay done the optax way.
+
+For SGD, decay is coupled L2 as in PyTorch (`grad += wd * w` before
+momentum): `add_decayed_weights` then `sgd`. For AdamW it is decoupled.
+`weight_decay_exclude` is a regex on the '/'-joined param path (e.g.
+`bias|scale` to spare biases and norm scales); '' decays everything, as
+PyTorch's default does.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def path_str(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def decay_mask(params, exclude: str):
+  if not exclude:
+    return None
+  pattern = re.compile(exclude)
+  return jax.tree_util.tree_map_with_path(lambda p, _: not pattern.search(path_str(p)), params)
+
+
+def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
+  """`cfg` is `config.optimizer` (name, momentum, nesterov, weight_decay, ...)."""
+  mask = decay_mask(params, cfg.weight_decay_exclude)
+  if cfg.name == "sgd":
+    parts = []
+    if cfg.weight_decay:
+      parts.append(optax.add_decayed_weights(cfg.weight_decay, mask))
+    parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+    return optax.chain(*parts)
+  if cfg.name == "adam":
+    parts = [optax.add_decayed_weights(cfg.weight_decay, mask)] if cfg.weight_decay else []
+    return optax.chain(*parts, optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+  if cfg.name == "adamw":
+    return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                       weight_decay=cfg.weight_decay, mask=mask)
+  raise ValueError(f"config.optimizer.name={cfg.name!r} is not one of {', '.join(OPTIMIZERS)}")

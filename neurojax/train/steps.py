@@ -1,0 +1,83 @@
+"""Train and eval steps, built once and jitted with explicit shardings.
+
+The state is replicated and donated; batches are sharded on the `data`
+axis. BatchNorm statistics are computed over the whole global batch (the
+reductions see the global array), so 8 devices give the same numbers as 1.
+Compute may be bf16 (the model's `dtype`) while params stay f32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from neurojax import parallel
+from neurojax.train import losses
+from neurojax.train.state import TrainState
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
+                  schedule: Callable | None = None):
+  """The pure (unjitted) train step: `(state, batch) -> (state, metrics)`.
+
+  The step's key is `fold_in(state.rng, state.step)`. Metrics are global
+  batch means: loss, top1, top5 and (with `schedule`) lr.
+  """
+  def step(state: TrainState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          _variables(params, state.batch_stats), batch["image"], train=True,
+          rngs={"dropout": key}, mutable=["batch_stats"])
+      per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
+      return jnp.mean(per_example), (logits, per_example, updates)
+
+    grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates_tx, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates_tx)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=updates.get("batch_stats", state.batch_stats))
+    sums = losses.metric_sums(logits, batch["label"], per_example, jnp.ones_like(per_example))
+    metrics = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return new_state, metrics
+  return step
+
+
+def eval_step_fn(model):
+  """The pure eval step: `(state, batch) -> metric sums` (padded rows masked)."""
+  def step(state: TrainState, batch):
+    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
+    per_example = losses.cross_entropy(logits, batch["label"])
+    return losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
+  return step
+
+
+def jit_train_step(step, mesh):
+  """Jits a train step with replicated, donated state and `data`-sharded batches."""
+  rep = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)),
+                 out_shardings=(rep, rep), donate_argnums=0)
+
+
+def jit_eval_step(step, mesh):
+  rep = parallel.replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=rep)
+
+
+def evaluate(eval_step, state, batches, mesh) -> dict:
+  """Runs `eval_step` over all eval batches; sums stay on device until the end."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(state, parallel.shard_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return losses.means(jax.device_get(totals))
