@@ -8,8 +8,7 @@ from neurojax.config import base_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "lenet_300_100"
+  c = base_config("lenet_300_100")
   c.data.mean = (0.2860,)
   c.data.std = (0.3530,)
   c.num_epochs = 15.0

@@ -10,8 +10,7 @@ from neurojax.config import base_config
 
 
 def get_config():
-  c = base_config()
-  c.model.name = "lenet5"
+  c = base_config("lenet5")
   c.data.crop_padding = 2
   c.data.flip = True
   c.data.mean = (0.2860,)

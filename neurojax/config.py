@@ -22,12 +22,17 @@ class ConfigError(ValueError):
   pass
 
 
-def base_config() -> ml_collections.ConfigDict:
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """`config.model` for model `name`: its name and all its options at their defaults."""
+  return ml_collections.ConfigDict({"name": name, **models.default_options(name)})
+
+
+def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "supervised"
   c.seed = 0
 
-  c.model = ml_collections.ConfigDict({"name": "lenet5"})
+  c.model = model_config(model)
 
   c.data = ml_collections.ConfigDict(dict(
       source="idx", name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
@@ -62,13 +67,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
-  """`get_config()` of configs/<name>.py next to `config_file` (for derived configs)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+def load_config_file(path: str, *args) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of a config file, e.g. `load_config_file("configs/default.py")`."""
+  name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"neurojax_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(*args)
+
+
+def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
+  """`get_config()` of configs/<name>.py next to `config_file` (for derived configs)."""
+  return load_config_file(
+      os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), *args)
 
 
 def _choice(value, field: str, choices) -> None:

@@ -38,16 +38,18 @@ def run(config, workdir: str) -> dict:
   start = time.perf_counter()
   start_step = int(exp.state.step)
   progress = exp.progress()
-  state = fit(exp.state, train_step=train_step, batches=exp.data.train.batches(start_step),
-              mesh=exp.mesh, num_steps=exp.num_steps, writer=exp.writer,
-              log_every=config.log_every_steps, progress=progress,
-              hooks=[Hook(exp.every(config.eval_every_steps), evaluate),
-                     Hook(exp.every(config.checkpoint_every_steps), exp.save)])
-  progress.close()
-  if not history or history[-1]["step"] != exp.num_steps:
-    evaluate(exp.num_steps, state)
-  exp.checkpointer.wait()
-  exp.writer.close()
+  try:
+    state = fit(exp.state, train_step=train_step, batches=exp.data.train.batches(start_step),
+                mesh=exp.mesh, num_steps=exp.num_steps, writer=exp.writer,
+                log_every=config.log_every_steps, progress=progress,
+                hooks=[Hook(exp.every(config.eval_every_steps), evaluate),
+                       Hook(exp.every(config.checkpoint_every_steps), exp.save)])
+    if not history or history[-1]["step"] != exp.num_steps:
+      evaluate(exp.num_steps, state)
+  finally:
+    progress.close()
+    exp.checkpointer.wait()   # never leave a save half-done
+    exp.writer.close()
   results = {
       "model": config.model.name, "dataset": f"{config.data.source}:{config.data.name}",
       "steps": exp.num_steps, "epochs": exp.num_steps / exp.steps_per_epoch,

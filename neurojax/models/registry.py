@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 from typing import Callable
 
 import flax.linen as nn
@@ -27,14 +27,16 @@ def names() -> list[str]:
   return sorted(_MODELS)
 
 
+def default_options(name: str) -> dict:
+  """The keyword arguments model `name` accepts (besides num_classes and
+  dtype), with their defaults: the fields of `config.model` besides `name`."""
+  params = inspect.signature(_MODELS[name]).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in ("num_classes", "dtype", "parent", "name")}
+
+
 def options(name: str) -> list[str]:
-  """The keyword arguments a model accepts (besides num_classes and dtype)."""
-  factory = _MODELS[name]
-  if dataclasses.is_dataclass(factory):
-    fields = [f.name for f in dataclasses.fields(factory) if f.init]
-  else:
-    fields = list(getattr(factory, "__annotations__", {}))
-  return sorted(set(fields) - {"num_classes", "dtype", "parent", "name", "return"})
+  return sorted(default_options(name))
 
 
 def get_model(name: str, *, num_classes: int, dtype: str = "float32", **kwargs) -> nn.Module:

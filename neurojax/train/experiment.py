@@ -52,12 +52,15 @@ class Experiment:
     """A period in steps; 0 means once per epoch."""
     return steps or self.steps_per_epoch
 
-  def data_position(self, step: int) -> dict:
+  def checkpoint_meta(self, step: int) -> dict:
+    """The data position of `step`, and what `load_run` needs to rebuild the model."""
+    info = self.data.info
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
-            "steps_per_epoch": self.steps_per_epoch}
+            "steps_per_epoch": self.steps_per_epoch, "num_classes": info.num_classes,
+            "image_shape": list(info.image_shape)}
 
   def save(self, step: int, state: TrainState) -> None:
-    self.checkpointer.save(step, state, self.data_position(step))
+    self.checkpointer.save(step, state, self.checkpoint_meta(step))
 
   def progress(self, desc: str = "train") -> Progress:
     return Progress(self.num_steps, int(self.state.step), self.config.batch_size, desc,
@@ -68,24 +71,72 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
+def build_model_and_optimizer(config, num_classes: int, image_shape, steps_per_epoch: int,
+                              num_steps: int):
+  """(model, lr schedule, optax transformation) for `config`."""
+  model_options = {k: v for k, v in config.model.items() if k != "name"}
+  model = models.get_model(config.model.name, num_classes=num_classes,
+                           dtype=config.compute_dtype, **model_options)
+  schedule = make_schedule(config.schedule, steps_per_epoch, num_steps)
+  abstract_params = jax.eval_shape(lambda k: init_variables(model, k, image_shape)[0],
+                                   jax.random.PRNGKey(0))
+  return model, schedule, make_optimizer(config.optimizer, schedule, abstract_params)
+
+
+def load_run(workdir: str):
+  """Loads a finished or interrupted run, read-only: `(config, model, state)`.
+
+  The state is the newest good checkpoint in `<workdir>/checkpoints`, on
+  this process's first device. E.g. in a notebook:
+  `config, model, state = load_run("runs/default")`, then
+  `model.apply({"params": state.params, ...}, images)`.
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = _unflatten(json.load(f))
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  steps = checkpointer.all_steps()
+  if not steps:
+    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint")
+  meta = checkpointer.read_meta(steps[-1])
+  model, _, tx = build_model_and_optimizer(
+      config, meta["num_classes"], tuple(meta["image_shape"]), meta["steps_per_epoch"],
+      total_steps(config, meta["steps_per_epoch"]))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.eval_shape(lambda k: create_train_state(
+      model, tx, k, tuple(meta["image_shape"])), jax.random.PRNGKey(0))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          abstract)
+  state, _ = checkpointer.restore_latest(abstract)
+  return config, model, state
+
+
+def _unflatten(flat: dict) -> ml_collections.ConfigDict:
+  tree = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = tuple(value) if isinstance(value, list) else value
+  return ml_collections.ConfigDict(tree)
+
+
 def setup(config, workdir: str, *, data=None) -> Experiment:
   """Builds everything for `config` and resumes from `workdir` if it holds a run."""
   from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
+  logging.info("process %d of process_count=%d; %d devices (%d local); mesh %s",
+               jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.local_device_count(), dict(mesh.shape))
   parallel.check_batch_size(config.batch_size, "batch_size", mesh)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   os.makedirs(workdir, exist_ok=True)
   _check_or_save_config(config, workdir)
 
   data = data or build_data(config)
-  model_options = {k: v for k, v in config.model.items() if k != "name"}
-  model = models.get_model(config.model.name, num_classes=data.info.num_classes,
-                           dtype=config.compute_dtype, **model_options)
   num_steps = total_steps(config, data.info.steps_per_epoch)
-  schedule = make_schedule(config.schedule, data.info.steps_per_epoch, num_steps)
-  abstract_params = jax.eval_shape(lambda k: init_variables(model, k, data.info.image_shape)[0],
-                                   jax.random.PRNGKey(0))
-  tx = make_optimizer(config.optimizer, schedule, abstract_params)
+  model, schedule, tx = build_model_and_optimizer(
+      config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
                              parallel.replicated(mesh))
 
