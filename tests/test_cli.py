@@ -82,6 +82,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path, uninterrupted):
   assert last_metrics(workdir) == last_metrics(reference)  # the same last metrics
   results = json.loads((workdir / "results.json").read_text())
   assert results["resumed_from"] >= killed_at[-1]
+  # 2000 steps over 125 epochs, with evals and checkpoints: one compilation.
+  assert json.loads((reference / "results.json").read_text())["train_step_compiles"] == 1
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrupted):

@@ -15,6 +15,7 @@ import time
 import jax
 from absl import logging
 
+from neurojax.plots import plot_training_curves
 from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
@@ -50,11 +51,16 @@ def run(config, workdir: str) -> dict:
     progress.close()
     exp.checkpointer.wait()   # never leave a save half-done
     exp.writer.close()
+  compiles = train_step._cache_size()  # pylint: disable=protected-access
+  if compiles > 1:
+    logging.warning("the train step was compiled %d times; something changes shape or dtype "
+                    "between steps", compiles)
   results = {
-      "model": config.model.name, "dataset": f"{config.data.source}:{config.data.name}",
+      "model": config.model.name, "dataset": ("synthetic" if config.data.source == "synthetic"
+                  else f"{config.data.source}:{config.data.name}"),
       "steps": exp.num_steps, "epochs": exp.num_steps / exp.steps_per_epoch,
       "resumed_from": exp.resumed_from, "train_seconds_this_run": time.perf_counter() - start,
-      "train_step_compiles": train_step._cache_size(),  # pylint: disable=protected-access
+      "train_step_compiles": compiles,
       "final": history[-1], "evals": history,
   }
   if jax.process_index() == 0:
@@ -63,4 +69,6 @@ def run(config, workdir: str) -> dict:
     print(f"\n{config.model.name} on {results['dataset']}, {exp.num_steps} steps "
           f"({results['epochs']:.1f} epochs), workdir {workdir}")
     print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
+    print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
+          f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")
   return results

@@ -123,7 +123,10 @@ def _unflatten(flat: dict) -> ml_collections.ConfigDict:
 
 def setup(config, workdir: str, *, data=None) -> Experiment:
   """Builds everything for `config` and resumes from `workdir` if it holds a run."""
-  from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from neurojax.config import validate
+  from neurojax.data import build_data
+  validate(config)
   mesh = parallel.make_mesh()
   logging.info("process %d of process_count=%d; %d devices (%d local); mesh %s",
                jax.process_index(), jax.process_count(), jax.device_count(),
