@@ -19,7 +19,7 @@ from neurojax.plots import plot_training_curves
 from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
-from neurojax.train.writers import format_table
+from neurojax.train.writers import format_table, read_metrics
 
 
 def run(config, workdir: str) -> dict:
@@ -28,24 +28,25 @@ def run(config, workdir: str) -> dict:
       steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
                               schedule=exp.schedule), exp.mesh)
   eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(exp.model), exp.mesh)
-  history = []
+  evaluated = []
 
   def evaluate(step, state):
     metrics = steps_lib.evaluate(eval_step, state, exp.data.eval.batches(), exp.mesh)
     exp.writer.write(step, metrics, prefix="eval/")
-    history.append({"step": step, "epoch": step / exp.steps_per_epoch, **metrics})
+    evaluated.append(step)
     logging.info("eval at step %d: %s", step, metrics)
 
   start = time.perf_counter()
-  start_step = int(exp.state.step)
   progress = exp.progress()
   try:
-    state = fit(exp.state, train_step=train_step, batches=exp.data.train.batches(start_step),
-                mesh=exp.mesh, num_steps=exp.num_steps, writer=exp.writer,
-                log_every=config.log_every_steps, progress=progress,
+    state = fit(exp.state, train_step=train_step,
+                batches=exp.data.train.batches(int(exp.state.step)), mesh=exp.mesh,
+                num_steps=exp.num_steps, writer=exp.writer, log_every=config.log_every_steps,
+                progress=progress,
                 hooks=[Hook(exp.every(config.eval_every_steps), evaluate),
                        Hook(exp.every(config.checkpoint_every_steps), exp.save)])
-    if not history or history[-1]["step"] != exp.num_steps:
+    # A run resumed at its last step was evaluated before it was saved.
+    if exp.num_steps not in evaluated and exp.resumed_from != exp.num_steps:
       evaluate(exp.num_steps, state)
   finally:
     progress.close()
@@ -55,20 +56,24 @@ def run(config, workdir: str) -> dict:
   if compiles > 1:
     logging.warning("the train step was compiled %d times; something changes shape or dtype "
                     "between steps", compiles)
+  if jax.process_index() != 0:
+    return {}
+  history = [{"step": r["step"], "epoch": r["step"] / exp.steps_per_epoch,
+              **{k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}}
+             for r in read_metrics(workdir) if "eval/top1" in r]
   results = {
-      "model": config.model.name, "dataset": ("synthetic" if config.data.source == "synthetic"
+      "model": config.model.name,
+      "dataset": ("synthetic" if config.data.source == "synthetic"
                   else f"{config.data.source}:{config.data.name}"),
       "steps": exp.num_steps, "epochs": exp.num_steps / exp.steps_per_epoch,
       "resumed_from": exp.resumed_from, "train_seconds_this_run": time.perf_counter() - start,
-      "train_step_compiles": compiles,
-      "final": history[-1], "evals": history,
+      "train_step_compiles": compiles, "final": history[-1], "evals": history,
   }
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
-    print(f"\n{config.model.name} on {results['dataset']}, {exp.num_steps} steps "
-          f"({results['epochs']:.1f} epochs), workdir {workdir}")
-    print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
-    print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
-          f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print(f"\n{config.model.name} on {results['dataset']}, {exp.num_steps} steps "
+        f"({results['epochs']:.1f} epochs), workdir {workdir}")
+  print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
+  print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
+        f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")
   return results

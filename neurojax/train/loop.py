@@ -61,6 +61,8 @@ def fit(state: TrainState, *, train_step, batches: Iterable, mesh, num_steps: in
       pending = []
       for hook in due:
         hook.fn(step, state)
+      if due and progress is not None:
+        progress.throughput(step)   # don't count eval/checkpoint time as training
   return state
 
 
