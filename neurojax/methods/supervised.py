@@ -71,8 +71,10 @@ def run(config, workdir: str) -> dict:
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
-  print(f"\n{config.model.name} on {results['dataset']}, {exp.num_steps} steps "
-        f"({results['epochs']:.1f} epochs), workdir {workdir}")
+  print(f"\n{config.model.name} on {results['dataset']}: {exp.num_steps} steps "
+        f"({results['epochs']:.1f} epochs) of batch {config.batch_size}; this run trained "
+        f"{exp.num_steps - (exp.resumed_from or 0)} of them in "
+        f"{results['train_seconds_this_run']:.0f} s; workdir {workdir}")
   print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
   print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
         f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")

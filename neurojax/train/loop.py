@@ -80,4 +80,5 @@ def _flush(step: int, pending: list, writer: MetricWriter, progress: Progress | 
     mean["images_per_sec"] = progress.throughput(step)
     progress.show(loss=mean["loss"], top1=mean["top1"], img_s=int(mean["images_per_sec"]))
   writer.write(step, mean, prefix="train/")
-  logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, mean)
+  if progress is None or not progress.enabled:   # the bar shows them otherwise
+    logging.log_every_n_seconds(logging.INFO, "step %d: %s", 30, step, mean)

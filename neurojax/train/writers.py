@@ -80,6 +80,10 @@ class Progress:
                        file=sys.stderr, mininterval=0.5)
     self._mark = (time.perf_counter(), initial)
 
+  @property
+  def enabled(self) -> bool:
+    return self._bar is not None
+
   def update(self, n: int = 1) -> None:
     if self._bar is not None:
       self._bar.update(n)
