@@ -79,17 +79,13 @@ def _iterate(map_fn, start: int, stop: int, num_threads: int, prefetch: int):
   return iter(ds.to_iter_dataset(options))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TrainData:
-  """This process's view of the training stream (see the module docstring)."""
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class _Split:
+  """What the train and eval views share: the source, the global batch size,
+  this process's slot, normalisation and the grain read options."""
 
   source: Any
-  indices: np.ndarray  # source index of each train example (the subset)
-  transform: augment.TrainTransform
-  random: bool  # whether transform needs an rng
-  seed: int
   batch_size: int  # global
-  steps_per_epoch: int
   process_index: int = 0
   process_count: int = 1
   mean: tuple[float, ...] = (0.0,)
@@ -100,6 +96,17 @@ class TrainData:
   @property
   def local_batch_size(self) -> int:
     return self.batch_size // self.process_count
+
+
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class TrainData(_Split):
+  """This process's view of the training stream (see the module docstring)."""
+
+  indices: np.ndarray  # source index of each train example (the subset)
+  transform: augment.TrainTransform
+  random: bool  # whether transform needs an rng
+  seed: int
+  steps_per_epoch: int
 
   def positions(self, step: int) -> tuple[int, np.ndarray]:
     """(epoch, global positions within the epoch) of this process at step."""
@@ -141,20 +148,12 @@ class TrainData:
     )
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class EvalData:
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class EvalData(_Split):
   """This process's view of the eval set: all examples, padded and masked."""
 
-  source: Any
   transform: augment.EvalTransform
   image_shape: tuple[int, int, int]
-  batch_size: int  # global
-  process_index: int = 0
-  process_count: int = 1
-  mean: tuple[float, ...] = (0.0,)
-  std: tuple[float, ...] = (1.0,)
-  num_threads: int = 4
-  prefetch: int = 2
 
   @property
   def num_examples(self) -> int:
@@ -163,10 +162,6 @@ class EvalData:
   @property
   def num_batches(self) -> int:
     return math.ceil(self.num_examples / self.batch_size)
-
-  @property
-  def local_batch_size(self) -> int:
-    return self.batch_size // self.process_count
 
   def batch(self, k: int) -> dict[str, np.ndarray]:
     """Local part of eval batch ``k``; padding has mask 0."""
