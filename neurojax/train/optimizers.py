@@ -29,7 +29,16 @@ def decay_mask(params, exclude: str):
 
 
 def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
-  """`cfg` is `config.optimizer` (name, momentum, nesterov, weight_decay, ...)."""
+  """`cfg` is `config.optimizer` (name, momentum, nesterov, weight_decay, ...).
+
+  The result is wrapped in `sparsity.masked`, so a train state with masks
+  keeps its pruned weights and their moments at exactly zero.
+  """
+  from neurojax.sparsity.transform import masked  # pylint: disable=g-import-not-at-top
+  return masked(_make_optimizer(cfg, schedule, params))
+
+
+def _make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
   mask = decay_mask(params, cfg.weight_decay_exclude)
   if cfg.name == "sgd":
     parts = []

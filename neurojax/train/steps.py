@@ -41,7 +41,10 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
       return jnp.mean(per_example), (logits, per_example, updates)
 
     grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates_tx, opt_state = tx.update(grads, state.opt_state, state.params)
+    # With masks in the state, `tx` must be `sparsity.masked(...)` (as
+    # make_optimizer builds it): it holds pruned weights and moments at 0.
+    extra = {} if state.masks is None else {"masks": state.masks}
+    updates_tx, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
     params = optax.apply_updates(state.params, updates_tx)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))

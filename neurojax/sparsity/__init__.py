@@ -1,0 +1,23 @@
+"""Masks as pytree transforms: scores, selection, application, regeneration,
+an optax wrapper that holds pruned weights at zero, and statistics.
+
+    masks = dense_masks(params)                           # conv + dense kernels
+    masks = global_topk(magnitude(params, masks), 0.08)   # keep 8%
+    params = apply(params, masks)
+    tx = masked(optax.sgd(0.1, momentum=0.9))             # update(..., masks=masks)
+    params = regenerate(params, masks, fresh_params)      # DNR / KE / LLF
+    print(table(layer_stats(params, masks)))
+"""
+
+from neurojax.sparsity.masks import (DEFAULT_INCLUDE, apply, dense_masks, fill, map_masked,
+                                     regenerate)
+from neurojax.sparsity.scores import bn_gamma, ce_grad_fn, fpgm, magnitude, random, snip
+from neurojax.sparsity.select import (channels, count, global_topk, intersect, per_layer_topk,
+                                      std_threshold)
+from neurojax.sparsity.stats import layer_stats, summary, table
+from neurojax.sparsity.transform import masked
+
+__all__ = ["DEFAULT_INCLUDE", "apply", "bn_gamma", "ce_grad_fn", "channels", "count",
+           "dense_masks", "fill", "fpgm", "global_topk", "intersect", "layer_stats",
+           "magnitude", "map_masked", "masked", "per_layer_topk", "random", "regenerate",
+           "snip", "std_threshold", "summary", "table"]

@@ -1,0 +1,78 @@
+"""Scores: pure functions from params (and data) to pytrees of saliencies.
+
+Each returns a pytree shaped like `masks` (the eligible leaves): an array per
+masked leaf, None elsewhere. Higher score = more worth keeping.
+Structured scores (FPGM) have one value per output channel (the last axis).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from neurojax.sparsity.masks import is_none, map_masked
+from neurojax.train import losses
+
+
+def magnitude(params, masks):
+  """|w| (Han et al. 2015)."""
+  return map_masked(lambda _, w: jnp.abs(w), masks, params)
+
+
+def random(key, masks):
+  """Uniform random scores: random pruning, from an explicit key."""
+  leaves, treedef = jax.tree.flatten(masks, is_leaf=is_none)
+  keys = iter(jax.random.split(key, max(len(leaves), 1)))
+  return jax.tree.unflatten(treedef, [None if m is None else
+                                      jax.random.uniform(next(keys), m.shape) for m in leaves])
+
+
+def snip(grad_fn, params, batches, masks, *, absolute_per_batch: bool = False):
+  """SNIP saliency |w * g| (Lee et al. 2019), g accumulated over `batches`.
+
+  `grad_fn(params, batch) -> grads` (see `ce_grad_fn`: plain CE, BN in eval
+  mode). g is the sum of the batch gradients, or with
+  `absolute_per_batch=True` the sum of their absolute values (the DNR code's
+  variant). Pass k batches to use k.
+  """
+  total = None
+  for batch in batches:
+    g = grad_fn(params, batch)
+    if absolute_per_batch:
+      g = jax.tree.map(jnp.abs, g)
+    total = g if total is None else jax.tree.map(jnp.add, total, g)
+  if total is None:
+    raise ValueError("snip needs at least one batch")
+  return map_masked(lambda _, w, g: jnp.abs(w * g), masks, params, total)
+
+
+def ce_grad_fn(model, batch_stats):
+  """A jitted `grad_fn` for `snip`: mean cross-entropy, BN in eval mode."""
+  variables = (lambda p: {"params": p, "batch_stats": batch_stats}) if batch_stats else (
+      lambda p: {"params": p})
+
+  @jax.jit
+  def grad_fn(params, batch):
+    def loss(p):
+      logits = model.apply(variables(p), batch["image"], train=False)
+      return jnp.mean(losses.cross_entropy(logits, batch["label"]))
+    return jax.grad(loss)(params)
+  return grad_fn
+
+
+def fpgm(params, masks):
+  """FPGM (He et al. 2019): per output channel, the summed Euclidean distance
+  of its filter to all other filters of the layer. Filters near the
+  geometric median (small sums) are the most replaceable: the lowest scores
+  are pruned first."""
+  def score(_, w):
+    filters = w.reshape(-1, w.shape[-1]).T.astype(jnp.float32)    # [out, fan_in]
+    sq = jnp.sum(filters**2, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * filters @ filters.T
+    return jnp.sum(jnp.sqrt(jnp.maximum(d2, 0.0)), axis=1)
+  return map_masked(score, masks, params)
+
+
+def bn_gamma(params, masks):
+  """|gamma| of norm layers: `masks` should select the `scale` leaves."""
+  return map_masked(lambda _, g: jnp.abs(g), masks, params)

@@ -1,0 +1,197 @@
+"""Masks, scores, selection, the masked optax wrapper, regeneration, stats."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from neurojax import models, parallel
+from neurojax import sparsity as sp
+from neurojax.train import steps
+from neurojax.train.checkpoint import Checkpointer
+from neurojax.train.state import create_train_state
+
+
+def _mlp_params(seed=0):
+  m = models.get_model("lenet_300_100", num_classes=10)
+  return m, jax.jit(m.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 28, 28, 1)))["params"]
+
+
+def test_default_filter_masks_kernels_only():
+  _, params = _mlp_params()
+  masks = sp.dense_masks(params)
+  assert masks["fc1"]["bias"] is None and masks["fc1"]["kernel"].dtype == jnp.bool_
+  assert sp.count(masks) == (784 * 300 + 300 * 100 + 100 * 10,) * 2
+  masks = sp.dense_masks(params, exclude="fc3")
+  assert masks["fc3"]["kernel"] is None
+
+
+@pytest.mark.parametrize("name,make", [
+    ("sgd+momentum", lambda: optax.sgd(0.05, momentum=0.9)),
+    ("sgd+momentum+wd", lambda: optax.chain(optax.add_decayed_weights(1e-2),
+                                             optax.sgd(0.05, momentum=0.9, nesterov=True))),
+    ("adam", lambda: optax.adam(1e-3)),
+    ("adamw", lambda: optax.adamw(1e-3, weight_decay=1e-2)),
+])
+def test_pruned_weights_and_moments_stay_exactly_zero(name, make):
+  model, params = _mlp_params()
+  tx = sp.masked(make())
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(32, 28, 28, 1)).astype(np.float32)
+  y = rng.integers(0, 10, 32)
+
+  @jax.jit
+  def step(params, opt_state, masks):
+    def loss(p):
+      logits = model.apply({"params": p}, x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    g = jax.grad(loss)(params)
+    u, opt_state = tx.update(g, opt_state, params, masks=masks)
+    return optax.apply_updates(params, u), opt_state
+
+  opt_state = tx.init(params)
+  for _ in range(5):   # dense training first: the moments become nonzero
+    params, opt_state = step(params, opt_state, sp.dense_masks(params))
+  masks = sp.global_topk(sp.magnitude(params, sp.dense_masks(params)), 0.1)
+  params = sp.apply(params, masks)
+  for _ in range(100):
+    params, opt_state = step(params, opt_state, masks)
+  for m, w in zip(jax.tree.leaves(masks), [params[k]["kernel"] for k in ("fc1", "fc2", "fc3")]):
+    assert np.all(np.asarray(w)[~np.asarray(m)] == 0.0), name
+    assert np.any(np.asarray(w)[np.asarray(m)] != 0.0)
+  # Every params-shaped part of the optimizer state is zero where pruned.
+  full = sp.fill(masks, True)
+  optax.tree_utils.tree_map_params(
+      tx, lambda v, m: np.testing.assert_array_equal(np.asarray(v)[~np.asarray(m)], 0.0)
+      if np.ndim(m) else None, opt_state, full)
+
+
+def test_global_topk_keeps_exact_count_with_deterministic_ties():
+  scores = {"a": jnp.ones((3, 4)), "b": None, "c": jnp.array([2.0, 1.0, 1.0, 0.5])}
+  masks = sp.global_topk(scores, 0.5)          # 16 entries -> keep 8
+  assert sp.count(masks) == (8, 16) and masks["b"] is None
+  # c's 2.0 wins; the 7 remaining slots go to the first ties in tree order (a).
+  np.testing.assert_array_equal(masks["a"].ravel(), [True] * 7 + [False] * 5)
+  np.testing.assert_array_equal(masks["c"], [True, False, False, False])
+  for density in (0.0, 0.083, 0.33, 1.0):
+    _, params = _mlp_params()
+    kept, total = sp.count(sp.global_topk(sp.magnitude(params, sp.dense_masks(params)), density))
+    assert kept == round(density * total)
+  with pytest.raises(ValueError, match="density"):
+    sp.global_topk(scores, 1.5)
+
+
+def test_per_layer_and_std_threshold():
+  _, params = _mlp_params()
+  masks = sp.per_layer_topk(sp.magnitude(params, sp.dense_masks(params)), 0.25)
+  for m in jax.tree.leaves(masks):
+    assert int(m.sum()) == round(0.25 * m.size)
+  w = params["fc1"]["kernel"]
+  han = sp.std_threshold(params, sp.dense_masks(params), quality=1.0)
+  np.testing.assert_array_equal(han["fc1"]["kernel"], np.abs(w) > np.std(np.asarray(w)))
+
+
+def test_snip_matches_hand_computation():
+  # y = W2 relu(W1 x); loss = 0.5 * sum((y - t)^2) per batch; g summed over batches.
+  rng = np.random.default_rng(0)
+  params = {"w1": rng.normal(size=(3, 4)), "w2": rng.normal(size=(4, 2))}
+  batches = [(rng.normal(size=(5, 3)), rng.normal(size=(5, 2))) for _ in range(3)]
+
+  def grad_fn(p, batch):
+    x, t = batch
+    return jax.grad(lambda p: 0.5 * jnp.sum((jax.nn.relu(x @ p["w1"]) @ p["w2"] - t) ** 2))(p)
+
+  g1, g2 = np.zeros((3, 4)), np.zeros((4, 2))
+  for x, t in batches:
+    h = x @ params["w1"]
+    a = np.maximum(h, 0)
+    d = a @ params["w2"] - t
+    g2 += a.T @ d
+    g1 += x.T @ ((d @ params["w2"].T) * (h > 0))
+  masks = {"w1": np.ones((3, 4), bool), "w2": np.ones((4, 2), bool)}
+  s = sp.snip(grad_fn, params, batches, masks)
+  np.testing.assert_allclose(s["w1"], np.abs(params["w1"] * g1), rtol=1e-5)
+  np.testing.assert_allclose(s["w2"], np.abs(params["w2"] * g2), rtol=1e-5)
+
+
+def test_fpgm_picks_the_filter_nearest_the_geometric_median():
+  rng = np.random.default_rng(0)
+  directions = rng.normal(size=(6, 18))
+  spread = 5.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+  filters = np.concatenate([spread, -spread, 0.01 * rng.normal(size=(1, 18))])   # 13 filters
+  kernel = filters.T.reshape(3, 3, 2, 13)   # HWIO, output channel last
+  scores = sp.fpgm({"k": kernel}, {"k": np.ones(kernel.shape, bool)})["k"]
+  assert int(np.argmin(scores)) == 12
+  keep = sp.channels({"k": scores}, {"k": np.ones(kernel.shape, bool)}, density=12 / 13)["k"]
+  assert not keep[..., 12].any() and keep[..., :12].all()
+
+
+def test_regenerate_keeps_kept_bits_and_redraws_the_rest():
+  model, params = _mlp_params(0)
+  _, fresh = _mlp_params(1)
+  masks = sp.global_topk(sp.magnitude(params, sp.dense_masks(params)), 0.3)
+  out = sp.regenerate(params, masks, fresh)
+  for layer in ("fc1", "fc2", "fc3"):
+    m = np.asarray(masks[layer]["kernel"])
+    w, f, o = (np.asarray(t[layer]["kernel"]) for t in (params, fresh, out))
+    np.testing.assert_array_equal(o[m], w[m])          # bit-identical
+    np.testing.assert_array_equal(o[~m], f[~m])        # from the fresh init
+    bound = 1 / np.sqrt(w.shape[0])                    # PyTorch's default init
+    assert np.abs(o[~m]).max() <= bound
+    np.testing.assert_array_equal(out[layer]["bias"], params[layer]["bias"])
+
+
+def _masked_state(devices, model_name="resnet20", shape=(8, 8, 3)):
+  mesh = parallel.make_mesh(devices)
+  model = models.get_model(model_name, num_classes=10)
+  tx = sp.masked(optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9)))
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), shape, parallel.replicated(mesh))
+  masks = sp.global_topk(sp.magnitude(state.params, sp.dense_masks(state.params)), 0.2)
+  state = state.replace(params=sp.apply(state.params, masks), masks=masks)
+  return mesh, model, tx, jax.device_put(state, parallel.replicated(mesh))
+
+
+def test_masked_step_on_8_devices_matches_1():
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
+              "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh, model, tx, state = _masked_state(devices)
+    step = steps.jit_train_step(steps.train_step_fn(model, tx), mesh)
+    for b in batches:
+      state, metrics = step(state, parallel.shard_batch(b, mesh))
+    results.append(jax.device_get((state.params, metrics)))
+    masks = jax.device_get(state.masks)
+    for m, w in zip(jax.tree.leaves(masks), jax.tree.leaves(sp.map_masked(
+        lambda _, w: w, state.masks, jax.device_get(state.params)))):
+      assert np.all(w[~m] == 0.0)
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_masked_checkpoint_restores_identical_masks(tmp_path):
+  mesh, _, _, state = _masked_state(jax.devices()[:1], "lenet_300_100", (28, 28, 1))
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  ckpt.save(7, state, {})
+  target = state.replace(masks=jax.tree.map(jnp.zeros_like, state.masks))
+  restored, _ = ckpt.restore_latest(target)
+  chex.assert_trees_all_equal(jax.device_get(restored.masks), jax.device_get(state.masks))
+  assert restored.masks["fc1"]["bias"] is None
+  assert jax.tree.leaves(restored.masks)[0].dtype == jnp.bool_
+
+
+def test_stats_table_counts_and_macs():
+  model = models.get_model("lenet5", num_classes=10)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  masks = sp.per_layer_topk(sp.magnitude(variables["params"], sp.dense_masks(
+      variables["params"])), 0.5)
+  rows = sp.layer_stats(sp.apply(variables["params"], masks), masks, model, variables, (28, 28, 1))
+  by = {r["layer"]: r for r in rows}
+  assert by["conv1/kernel"]["macs"] == 24 * 24 * 5 * 5 * 20       # Han's LeNet-5: 2.3M MACs
+  assert by["conv2/kernel"]["macs"] == 8 * 8 * 5 * 5 * 20 * 50
+  total = sp.summary(rows)
+  assert total["macs"] == 24 * 24 * 500 + 64 * 25000 + 400000 + 5000
+  assert total["nonzero"] == 215_250 and total["compression"] == pytest.approx(2.0)
+  assert "total" in sp.table(rows)
