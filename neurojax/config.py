@@ -62,6 +62,18 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c.async_checkpoint = True
   c.progress = True
 
+  # Which weights masks cover (regexes on '/'-joined param paths), and the
+  # pruning schedule of method="prune".
+  c.sparsity = ml_collections.ConfigDict(dict(
+      include=r"(^|/)kernel$", exclude="",
+      score="magnitude",            # magnitude | snip | random | fpgm
+      selection="global",           # global | per_layer | std | channels
+      targets=(0.5, 0.75, 0.9),     # fraction pruned after each round (one entry: one-shot)
+      quality=1.0,                  # selection="std": keep |w| > quality * std(w)
+      retrain_epochs=4.0,           # per round, with a fresh optimizer and schedule
+      retrain_lr=0.01,
+      snip_batches=1))
+
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
   return c
@@ -122,5 +134,6 @@ def validate(config) -> None:
                       "config.distributed.coordinator_address (e.g. 'localhost:12345')")
   try:
     data.validate_config(config)
+    methods.validate(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None

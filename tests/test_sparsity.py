@@ -195,3 +195,46 @@ def test_stats_table_counts_and_macs():
   assert total["macs"] == 24 * 24 * 500 + 64 * 25000 + 400000 + 5000
   assert total["nonzero"] == 215_250 and total["compression"] == pytest.approx(2.0)
   assert "total" in sp.table(rows)
+
+
+PRUNE = ["--config.method=prune", "--config.sparsity.targets=(0.5,0.9)",
+         "--config.sparsity.retrain_epochs=20", "--config.num_steps=64",
+         "--config.checkpoint_every_steps=16", "--config.eval_every_steps=160"]
+
+
+def test_prune_method_end_to_end_and_resume(tmp_path):
+  import json
+  import signal
+  import subprocess
+  import time
+  from cli import command, committed_steps, env, run
+  from neurojax.train.experiment import load_run
+
+  reference = tmp_path / "reference"
+  run(reference, *PRUNE)
+  results = json.loads((reference / "results.json").read_text())
+  rounds = results["rounds"]
+  assert [r["step"] for r in rounds] == [64, 384, 704]     # 16 steps per epoch
+  assert [round(r["sparsity"], 6) for r in rounds] == [0.0, 0.5, 0.9]
+  _, _, state = load_run(str(reference))
+  params, masks = jax.device_get((state.params, state.masks))
+  assert sp.count(masks)[0] == round(0.1 * sp.count(masks)[1])
+  for m, w in zip(jax.tree.leaves(masks), [params[k]["kernel"] for k in ("fc1", "fc2", "fc3")]):
+    assert np.all(w[~m] == 0.0)
+
+  # Kill during round 2 and resume: the same final params and masks.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(command(killed, *PRUNE), env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while (not committed_steps(killed) or committed_steps(killed)[-1] < 400) and \
+      time.time() < deadline and proc.poll() is None:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert 400 <= committed_steps(killed)[-1] < 704
+  run(killed, *PRUNE)
+  _, _, resumed = load_run(str(killed))
+  chex.assert_trees_all_equal(jax.device_get((resumed.params, resumed.masks)),
+                              (params, masks))
+  assert json.loads((killed / "results.json").read_text())["rounds"] == rounds

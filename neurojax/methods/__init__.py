@@ -6,6 +6,7 @@ import importlib
 
 _METHODS = {
     "supervised": "neurojax.methods.supervised",
+    "prune": "neurojax.methods.prune",
 }
 
 
@@ -13,7 +14,19 @@ def names() -> list[str]:
   return sorted(_METHODS)
 
 
-def get(name: str):
+def module(name: str):
   if name not in _METHODS:
     raise ValueError(f"config.method={name!r} is not valid; choose one of: {', '.join(names())}")
-  return importlib.import_module(_METHODS[name]).run
+  return importlib.import_module(_METHODS[name])
+
+
+def get(name: str):
+  """The driver `run(config, workdir)` of method `name`."""
+  return module(name).run
+
+
+def validate(config) -> None:
+  """The method's own config checks, if it has any (raises ValueError)."""
+  check = getattr(module(config.method), "validate", None)
+  if check is not None:
+    check(config)

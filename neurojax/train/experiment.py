@@ -57,13 +57,14 @@ class Experiment:
     info = self.data.info
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "num_classes": info.num_classes,
+            "masks": self.state.masks is not None,
             "image_shape": list(info.image_shape)}
 
   def save(self, step: int, state: TrainState) -> None:
     self.checkpointer.save(step, state, self.checkpoint_meta(step))
 
-  def progress(self, desc: str = "train") -> Progress:
-    return Progress(self.num_steps, int(self.state.step), self.config.batch_size, desc,
+  def progress(self, desc: str = "train", total: int | None = None) -> Progress:
+    return Progress(total or self.num_steps, int(self.state.step), self.config.batch_size, desc,
                     enabled=self.config.progress)
 
 
@@ -102,12 +103,20 @@ def load_run(workdir: str):
       config, meta["num_classes"], tuple(meta["image_shape"]), meta["steps_per_epoch"],
       total_steps(config, meta["steps_per_epoch"]))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.eval_shape(lambda k: create_train_state(
-      model, tx, k, tuple(meta["image_shape"])), jax.random.PRNGKey(0))
+  def template(key):
+    state = create_train_state(model, tx, key, tuple(meta["image_shape"]))
+    return state.replace(masks=initial_masks(config, state.params)) if meta.get("masks") else state
+  abstract = jax.eval_shape(template, jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
   state, _ = checkpointer.restore_latest(abstract)
   return config, model, state
+
+
+def initial_masks(config, params):
+  """All-True masks on the weights `config.sparsity` makes eligible."""
+  from neurojax.sparsity import dense_masks  # pylint: disable=g-import-not-at-top
+  return dense_masks(params, config.sparsity.include, config.sparsity.exclude)
 
 
 def _unflatten(flat: dict) -> ml_collections.ConfigDict:
@@ -121,8 +130,12 @@ def _unflatten(flat: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def setup(config, workdir: str, *, data=None) -> Experiment:
-  """Builds everything for `config` and resumes from `workdir` if it holds a run."""
+def setup(config, workdir: str, *, data=None, with_masks: bool = False) -> Experiment:
+  """Builds everything for `config` and resumes from `workdir` if it holds a run.
+
+  `with_masks=True` gives the fresh state all-True masks on the eligible
+  weights (`config.sparsity.include/exclude`), for methods that prune.
+  """
   # pylint: disable=g-import-not-at-top
   from neurojax.config import validate
   from neurojax.data import build_data
@@ -142,6 +155,8 @@ def setup(config, workdir: str, *, data=None) -> Experiment:
       config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
                              parallel.replicated(mesh))
+  if with_masks:
+    state = state.replace(masks=initial_masks(config, state.params))
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.keep_checkpoints,
