@@ -37,3 +37,29 @@ def plot_training_curves(workdir: str, path: str | None = None) -> str:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
+                              title: str = "test top-1 against fraction pruned") -> str:
+  """One curve per label (e.g. "lenet_300_100 magnitude/global"); each is the
+  `rounds` list of a prune run's results.json (sparsity, compression, top1)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, rounds in curves.items():
+    xs = [100 * r["sparsity"] for r in rounds]
+    ys = [100 * r["top1"] for r in rounds]
+    ax.plot(xs, ys, "o-", label=label)
+    for r, x, y in zip(rounds, xs, ys):
+      if r["compression"] and r["compression"] >= 2:
+        ax.annotate(f"{r['compression']:.0f}x", (x, y), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8)
+  ax.set(xlabel="weights pruned (%)", ylabel="test top-1 (%)", title=title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

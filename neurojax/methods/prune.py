@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from neurojax import sparsity as sp
+from neurojax.plots import plot_accuracy_vs_sparsity
 from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
@@ -163,4 +164,7 @@ def _report(config, exp, workdir, bounds) -> dict:
         f"selection, workdir {workdir}")
   print(format_table(rows, ["round", "target", "sparsity", "nonzero", "compression", "top1",
                             "top5"]))
+  label = f"{config.model.name} {config.sparsity.score}/{config.sparsity.selection}"
+  print("plot:", plot_accuracy_vs_sparsity({label: rows},
+                                           os.path.join(workdir, "accuracy_vs_sparsity.png")))
   return results
