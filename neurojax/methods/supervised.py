@@ -40,7 +40,7 @@ def run(config, workdir: str) -> dict:
   progress = exp.progress()
   try:
     state = fit(exp.state, train_step=train_step,
-                batches=exp.data.train.batches(int(exp.state.step)), mesh=exp.mesh,
+                batches=exp.data.train.batches(exp.start_step), mesh=exp.mesh,
                 num_steps=exp.num_steps, writer=exp.writer, log_every=config.log_every_steps,
                 progress=progress,
                 hooks=[Hook(exp.every(config.eval_every_steps), evaluate),

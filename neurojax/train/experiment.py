@@ -52,19 +52,23 @@ class Experiment:
     """A period in steps; 0 means once per epoch."""
     return steps or self.steps_per_epoch
 
-  def checkpoint_meta(self, step: int) -> dict:
+  @property
+  def start_step(self) -> int:
+    """The step this run starts from (0, or the restored checkpoint's)."""
+    return self.resumed_from or 0
+
+  def checkpoint_meta(self, step: int, state: TrainState) -> dict:
     """The data position of `step`, and what `load_run` needs to rebuild the model."""
     info = self.data.info
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "num_classes": info.num_classes,
-            "masks": self.state.masks is not None,
-            "image_shape": list(info.image_shape)}
+            "image_shape": list(info.image_shape), "masks": state.masks is not None}
 
   def save(self, step: int, state: TrainState) -> None:
-    self.checkpointer.save(step, state, self.checkpoint_meta(step))
+    self.checkpointer.save(step, state, self.checkpoint_meta(step, state))
 
   def progress(self, desc: str = "train", total: int | None = None) -> Progress:
-    return Progress(total or self.num_steps, int(self.state.step), self.config.batch_size, desc,
+    return Progress(total or self.num_steps, self.start_step, self.config.batch_size, desc,
                     enabled=self.config.progress)
 
 
