@@ -16,6 +16,6 @@ def get_config():
   c.sparsity.score = "magnitude"
   c.sparsity.selection = "global"
   c.sparsity.targets = (0.5, 0.75, 0.875, 0.917, 0.941, 0.96)
-  c.sparsity.retrain_epochs = 2.0
-  c.sparsity.retrain_lr = 0.01
+  c.sparsity.retrain_epochs = 4.0
+  c.sparsity.retrain_lr = 0.05
   return c

@@ -238,3 +238,110 @@ def test_prune_method_end_to_end_and_resume(tmp_path):
   chex.assert_trees_all_equal(jax.device_get((resumed.params, resumed.masks)),
                               (params, masks))
   assert json.loads((killed / "results.json").read_text())["rounds"] == rounds
+
+
+def _small_resnet(block_widths=()):
+  model = models.get_model("resnet20", num_classes=5, width=4, block_widths=block_widths)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 8, 8, 1)), train=False))(
+      jax.random.PRNGKey(0))
+  rng = np.random.default_rng(1)     # non-trivial BN affine and running stats
+
+  def perturb(path, x):
+    name = path[-1].key
+    if name in ("mean", "bias") and x.ndim == 1:
+      return rng.normal(0.0, 0.2, x.shape).astype(np.float32)
+    if name in ("var", "scale"):
+      return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+    return np.asarray(x)
+  return model, jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+def test_fpgm_channels_prune_whole_groups_and_never_revive():
+  model, variables = _small_resnet()
+  params = variables["params"]
+  groups = models.channel_groups("resnet20", model)
+  assert len(groups) == 9
+  masks = sp.fpgm_channels(params, sp.group_masks(params, groups), groups, density=0.5)
+  first = [np.asarray(sp.alive_channels(masks, g)) for g in groups]
+  assert [int(a.sum()) for a in first] == [2, 2, 2, 4, 4, 4, 8, 8, 8]   # round(0.5 * C)
+  block = masks["stage2_block1"]
+  dead = ~first[4]
+  assert not np.asarray(block["conv1"]["kernel"])[..., dead].any()      # the filters,
+  assert not np.asarray(block["bn1"]["scale"])[dead].any()              # their BN affine,
+  assert not np.asarray(block["bn1"]["bias"])[dead].any()
+  assert not np.asarray(block["conv2"]["kernel"])[:, :, dead, :].any()  # and the next inputs
+  assert np.asarray(block["conv2"]["kernel"])[:, :, ~dead, :].all()
+  assert masks["conv1"]["kernel"] is None and masks["fc"]["kernel"] is None  # not in a group
+  # A further step prunes within the survivors; pruned channels never come back.
+  params = sp.apply(params, masks)
+  again = sp.fpgm_channels(params, masks, groups, density=0.25)
+  for a, g in zip(first, groups):
+    b = np.asarray(sp.alive_channels(again, g))
+    assert b.sum() == max(1, round(0.25 * a.size)) and not (b & ~a).any()
+
+
+def test_fpgm_channels_drop_the_filter_nearest_the_median():
+  model, variables = _small_resnet()
+  params = jax.tree.map(np.copy, variables["params"])
+  groups = models.channel_groups("resnet20", model)
+  kernel = params["stage3_block0"]["conv1"]["kernel"]           # 3x3x8x16
+  kernel[..., 5] = np.mean(kernel, axis=-1)                      # a filter at the centre
+  masks = sp.fpgm_channels(params, sp.group_masks(params, groups), groups, density=15 / 16)
+  alive = np.asarray(sp.alive_channels(masks, groups[6]))
+  assert alive.sum() == 15 and not alive[5]
+
+
+def test_slimmed_model_gives_the_masked_models_logits(tmp_path):
+  model, variables = _small_resnet()
+  groups = models.channel_groups("resnet20", model)
+  masks = sp.fpgm_channels(variables["params"], sp.group_masks(variables["params"], groups),
+                           groups, density=0.5)
+  masked = {**variables, "params": sp.apply(variables["params"], masks)}
+  slim, widths = sp.slim(masked, masks, groups)
+  assert widths == [2, 2, 2, 4, 4, 4, 8, 8, 8]
+  chex.assert_shape(slim["params"]["stage2_block0"]["conv1"]["kernel"], (3, 3, 4, 4))
+  chex.assert_shape(slim["params"]["stage2_block0"]["conv2"]["kernel"], (3, 3, 4, 8))
+  chex.assert_shape(slim["batch_stats"]["stage2_block0"]["bn1"]["mean"], (4,))
+  spec = {"name": "resnet20", "num_classes": 5, "options": {"width": 4, "block_widths": widths}}
+  loaded_model, loaded = sp.load_exported(sp.export(str(tmp_path / "slim"), spec, slim))
+  x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype(np.float32)
+  ref = model.apply(masked, x, train=False)
+  assert np.abs(ref - ref[0]).max() > 1e-2           # the logits depend on the input
+  out = loaded_model.apply(loaded, x, train=False)
+  chex.assert_trees_all_close(out, ref, atol=1e-5)
+  n_slim = sum(x.size for x in jax.tree.leaves(loaded["params"]))
+  n_dense = sum(x.size for x in jax.tree.leaves(variables["params"]))
+  assert n_slim < 0.6 * n_dense
+
+
+def test_structured_pruning_needs_a_model_with_channel_groups():
+  with pytest.raises(ValueError, match="declares no prunable channel groups.*resnet20"):
+    models.channel_groups("lenet5", models.get_model("lenet5", num_classes=10))
+
+
+def test_fpgm_method_exports_a_slim_model(tmp_path):
+  import json
+  from cli import TINY, run
+  workdir = tmp_path / "fpgm"
+  proc = run(workdir, "--config.method=prune", "--config.model.width=4",
+             "--config.sparsity.score=fpgm", "--config.sparsity.selection=channels",
+             "--config.sparsity.targets=(0.25,0.5)", "--config.sparsity.retrain_epochs=1",
+             "--config.num_steps=16", "--config.eval_every_steps=1000", config=TINY + ":resnet20")
+  results = json.loads((workdir / "results.json").read_text())
+  slim = results["slim"]
+  assert slim["widths"] == [2, 2, 2, 4, 4, 4, 8, 8, 8]
+  macs = [r["macs_kept"] for r in results["rounds"]]
+  assert macs[0] == 1.0 and 1.0 > macs[1] > macs[2] > 0.4
+  assert "slimmed model" in proc.stdout
+  model, variables = sp.load_exported(slim["directory"])
+  assert sum(x.size for x in jax.tree.leaves(variables["params"])) == slim["params"]
+  assert model.block_widths == tuple(slim["widths"])
+
+
+def test_fpgm_method_refuses_a_model_without_channel_groups(tmp_path):
+  from cli import run
+  proc = run(tmp_path / "w", "--config.method=prune", "--config.sparsity.score=fpgm",
+             "--config.sparsity.selection=channels", check=False)
+  assert proc.returncode != 0
+  assert "declares no prunable channel groups" in proc.stderr
+  assert not (tmp_path / "w" / "checkpoints").exists()

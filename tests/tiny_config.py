@@ -1,10 +1,12 @@
-"""A seconds-long experiment on synthetic data, for the CLI tests."""
+"""A seconds-long experiment on synthetic data, for the CLI tests.
+
+`--config=tests/tiny_config.py:resnet20` picks another model."""
 
 from neurojax.config import base_config
 
 
-def get_config():
-  c = base_config("lenet_300_100")
+def get_config(model="lenet_300_100"):
+  c = base_config(model)
   c.data.source = "synthetic"
   c.data.num_classes = 10
   c.data.synthetic_shape = (8, 8, 1)

@@ -12,6 +12,13 @@ pruning, SNIP and random scores, and FPGM structured filter pruning.
 One entry in `targets` is one-shot pruning. Masks live in the train state,
 so every phase checkpoints and resumes exactly; the optimizer is wrapped in
 `sparsity.masked`, so pruned weights and their moments stay exactly 0.
+
+FPGM (`score="fpgm"`, `selection="channels"`) prunes whole channels of the
+model's declared channel groups (for the CIFAR ResNets: the inner channels
+of every block); a target is then the fraction of each group's channels
+pruned. At the end the pruned channels are cut out and the smaller dense
+model is written to `<workdir>/slim` (see `sparsity.load_exported`), after
+checking that it gives the masked model's logits.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from neurojax import models
 from neurojax import sparsity as sp
 from neurojax.plots import plot_accuracy_vs_sparsity
 from neurojax.train import steps as steps_lib
@@ -55,6 +63,13 @@ def validate(config) -> None:
                      "in (0, 1), e.g. (0.5, 0.75, 0.9)")
   if s.retrain_epochs <= 0:
     raise ValueError(f"config.sparsity.retrain_epochs={s.retrain_epochs} must be > 0")
+  if s.selection == "channels":
+    _groups(config, models.get_model(config.model.name, num_classes=10,
+                                     **{k: v for k, v in config.model.items() if k != "name"}))
+
+
+def _groups(config, model):
+  return models.channel_groups(config.model.name, model)
 
 
 def _scores(config, exp, state, round_index):
@@ -64,26 +79,26 @@ def _scores(config, exp, state, round_index):
     scores = sp.magnitude(state.params, masks)
   elif s.score == "random":
     scores = sp.random(jax.random.fold_in(state.rng, 1_000_000 + round_index), masks)
-  elif s.score == "snip":
+  else:
     start = int(state.step)
     batches = [exp.data.train.batch(start + i) for i in range(s.snip_batches)]
     scores = sp.snip(sp.ce_grad_fn(exp.model, state.batch_stats), state.params, batches, masks)
-  else:
-    return sp.fpgm(state.params, masks)
   # Pruned weights stay pruned: they never win a place back.
   return sp.map_masked(lambda m, x: jnp.where(m, x, -jnp.inf), masks, scores)
 
 
-def _select(config, state, scores, target):
+def _prune(config, exp, state, round_index, target):
+  """The masks for the round that prunes to `target`."""
   s = config.sparsity
   keep = 1.0 - target
-  if s.selection == "global":
-    return sp.global_topk(scores, keep)
-  if s.selection == "per_layer":
-    return sp.per_layer_topk(scores, keep)
+  if s.selection == "channels":
+    return sp.fpgm_channels(state.params, state.masks, _groups(config, exp.model), keep)
   if s.selection == "std":
     return sp.std_threshold(state.params, state.masks, s.quality)
-  return sp.intersect(sp.channels(scores, state.masks, keep), state.masks)
+  scores = _scores(config, exp, state, round_index)
+  if s.selection == "global":
+    return sp.global_topk(scores, keep)
+  return sp.per_layer_topk(scores, keep)
 
 
 def run(config, workdir: str) -> dict:
@@ -109,9 +124,10 @@ def run(config, workdir: str) -> dict:
     exp.writer.write(step, metrics, prefix="eval/")
 
   def record(step, state):
-    total = sp.summary(sp.layer_stats(jax.device_get(state.params), jax.device_get(state.masks)))
+    total = sp.summary(_layer_stats(config, exp, state))
     exp.writer.write(step, {"sparsity": 1 - total["density"], "nonzero": total["nonzero"],
-                            "total": total["total"], "compression": total["compression"]},
+                            "total": total["total"], "compression": total["compression"],
+                            "macs": total["sparse_macs"], "dense_macs": total["macs"]},
                      prefix="prune/")
     logging.info("step %d: %s", step, total)
 
@@ -128,7 +144,7 @@ def run(config, workdir: str) -> dict:
       if int(state.step) >= end:
         continue
       if target is not None and int(state.step) == start:   # the round begins: prune
-        masks = _select(config, state, _scores(config, exp, state, r), target)
+        masks = _prune(config, exp, state, r, target)
         params = sp.apply(state.params, masks)
         state = state.replace(params=params, masks=masks, opt_state=retrain_tx.init(params))
       state = fit(state, train_step=step_fn, batches=exp.data.train.batches(int(state.step)),
@@ -139,10 +155,51 @@ def run(config, workdir: str) -> dict:
     progress.close()
     exp.checkpointer.wait()
     exp.writer.close()
-  return _report(config, exp, workdir, bounds)
+  slim = _export_slim(config, exp, state, workdir) if config.sparsity.selection == "channels" else None
+  return _report(config, exp, workdir, bounds, slim)
 
 
-def _report(config, exp, workdir, bounds) -> dict:
+def _variables(state):
+  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats
+                                     else {})}
+
+
+def _layer_stats(config, exp, state):
+  """Per-kernel rows with MACs. Structured pruning counts every kernel (the
+  whole network's size and MACs); otherwise the masked leaves."""
+  params = jax.device_get(state.params)
+  rows_of = sp.dense_masks(params) if config.sparsity.selection == "channels" else jax.device_get(
+      state.masks)
+  return sp.layer_stats(params, rows_of, exp.model, _variables(state), exp.data.info.image_shape)
+
+
+def _export_slim(config, exp, state, workdir) -> dict:
+  """Cuts out the pruned channels, writes the slim model to <workdir>/slim,
+  and checks that it gives the masked model's logits on an eval batch."""
+  groups = _groups(config, exp.model)
+  variables, widths = sp.slim(_variables(state), jax.device_get(state.masks), groups)
+  options = {k: v for k, v in config.model.items() if k != "name"}
+  options[models.width_option(config.model.name)] = tuple(widths)
+  spec = {"name": config.model.name, "num_classes": exp.data.info.num_classes, "options": options}
+  slim_model = models.get_model(spec["name"], num_classes=spec["num_classes"], **options)
+  images = next(iter(exp.data.eval.batches()))["image"]
+  ref = exp.model.apply(jax.device_get(_variables(state)), images, train=False)
+  out = slim_model.apply(variables, images, train=False)
+  max_diff = float(jnp.max(jnp.abs(ref - out)))
+  if max_diff > 1e-3 * (1.0 + float(jnp.max(jnp.abs(ref)))):
+    raise RuntimeError(f"the slimmed model's logits differ from the masked model's by {max_diff}")
+  n_params = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+  stats = sp.summary(sp.layer_stats(variables["params"], sp.dense_masks(variables["params"]),
+                                    slim_model, variables, exp.data.info.image_shape))
+  info = {"directory": os.path.join(workdir, "slim"), "widths": list(widths), "params": n_params,
+          "dense_params": sum(int(x.size) for x in jax.tree.leaves(state.params)),
+          "macs": stats["macs"], "logits_max_abs_diff": max_diff}
+  if jax.process_index() == 0:
+    sp.export(info["directory"], spec, variables)
+  return info
+
+
+def _report(config, exp, workdir, bounds, slim=None) -> dict:
   if jax.process_index() != 0:
     return {}
   by_step = {}
@@ -153,17 +210,27 @@ def _report(config, exp, workdir, bounds) -> dict:
     rec = by_step.get(step, {})
     rows.append({"round": i, "target": 0.0 if i == 0 else config.sparsity.targets[i - 1],
                  "sparsity": rec.get("prune/sparsity"), "nonzero": int(rec.get("prune/nonzero", 0)),
-                 "compression": rec.get("prune/compression"), "top1": rec.get("eval/top1"),
+                 "compression": rec.get("prune/compression"),
+                 "macs_kept": (rec["prune/macs"] / rec["prune/dense_macs"]
+                               if "prune/macs" in rec else None),
+                 "top1": rec.get("eval/top1"),
                  "top5": rec.get("eval/top5"), "step": step})
   results = {"model": config.model.name, "score": config.sparsity.score,
              "selection": config.sparsity.selection, "rounds": rows,
-             "dense_top1": rows[0]["top1"]}
+             "dense_top1": rows[0]["top1"], "dense_macs": by_step.get(bounds[0], {}).get("prune/dense_macs")}
+  if slim:
+    results["slim"] = slim
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   print(f"\n{config.model.name}: {config.sparsity.score} scores, {config.sparsity.selection} "
         f"selection, workdir {workdir}")
-  print(format_table(rows, ["round", "target", "sparsity", "nonzero", "compression", "top1",
-                            "top5"]))
+  print(format_table(rows, ["round", "target", "sparsity", "nonzero", "compression",
+                            "macs_kept", "top1", "top5"]))
+  if slim:
+    print(f"slimmed model: {slim['params']:,} params (dense {slim['dense_params']:,}), "
+          f"{slim['macs']:,} MACs per example, inner widths {slim['widths']}; same logits as "
+          f"the masked model (max abs diff {slim['logits_max_abs_diff']:.1e}); "
+          f"written to {slim['directory']}")
   label = f"{config.model.name} {config.sparsity.score}/{config.sparsity.selection}"
   print("plot:", plot_accuracy_vs_sparsity({label: rows},
                                            os.path.join(workdir, "accuracy_vs_sparsity.png")))

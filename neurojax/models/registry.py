@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Callable
 
@@ -21,6 +22,32 @@ def register(name: str):
     _MODELS[name] = factory
     return factory
   return wrap
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+  """Channels that are pruned together: output channel c of `producer` (a
+  kernel; channels on its last axis) and index c on `axis` of every leaf in
+  `followers` (its norm's scale, bias and running stats, the next conv's
+  input axis). Paths are '/'-joined and start with the collection
+  ("params/block/conv1/kernel")."""
+  producer: str
+  followers: tuple[tuple[str, int], ...] = ()
+
+
+def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
+  """The structurally prunable channels of `model` (built as model `name`)."""
+  groups = getattr(_MODELS[name], "channel_groups", None)
+  if groups is None:
+    with_groups = [n for n in names() if hasattr(_MODELS[n], "channel_groups")]
+    raise ValueError(f"model {name!r} declares no prunable channel groups, so structured "
+                     f"(channel) pruning cannot slim it; models that do: {', '.join(with_groups)}")
+  return groups(model)
+
+
+def width_option(name: str) -> str:
+  """The option that sets the per-group widths of a slimmed model `name`."""
+  return _MODELS[name].width_option
 
 
 def names() -> list[str]:

@@ -6,6 +6,10 @@ and a linear classifier. Shortcuts are option A (identity; when the shape
 changes, subsample by 2 and zero-pad the new channels), as in the paper.
 BN running statistics live in the `batch_stats` collection, which the train
 state carries. Convs have no bias and use kaiming_normal(fan_in).
+
+`block_widths` (one per block, in order) sets the inner width of each block
+(conv1's outputs, conv2's inputs): a slimmed model after structured
+pruning. `channel_groups` declares those channels for the pruner.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from neurojax.models.layers import batch_norm, kaiming_normal_fan_in, torch_dense
-from neurojax.models.registry import register
+from neurojax.models.registry import ChannelGroup, register
 
 
 def conv3x3(features: int, stride: int, dtype, name=None):
@@ -28,10 +32,11 @@ class BasicBlock(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  inner: int | None = None          # conv1's output width; default `features`
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = conv3x3(self.features, self.stride, self.dtype, name="conv1")(x)
+    h = conv3x3(self.inner or self.features, self.stride, self.dtype, name="conv1")(x)
     h = nn.relu(batch_norm(train, self.dtype, name="bn1")(h))
     h = conv3x3(self.features, 1, self.dtype, name="conv2")(h)
     h = batch_norm(train, self.dtype, name="bn2")(h)
@@ -48,28 +53,49 @@ class CifarResNet(nn.Module):
   num_classes: int = 10
   width: int = 16
   dtype: Any = jnp.float32
+  block_widths: tuple[int, ...] = ()
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
+  def blocks(self):
+    """(name, features, stride) of every block, in order."""
     if (self.depth - 2) % 6:
       raise ValueError(f"config.model.depth={self.depth} must be 6n+2 (20, 32, 44, 56, 110)")
     n = (self.depth - 2) // 6
+    return [(f"stage{stage + 1}_block{block}", self.width * 2**stage,
+             2 if stage > 0 and block == 0 else 1) for stage in range(3) for block in range(n)]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    blocks = self.blocks()
+    if self.block_widths and len(self.block_widths) != len(blocks):
+      raise ValueError(f"config.model.block_widths has {len(self.block_widths)} entries; "
+                       f"resnet{self.depth} has {len(blocks)} blocks (or leave it empty)")
+    inner = self.block_widths or [None] * len(blocks)
     x = x.astype(self.dtype)
     x = conv3x3(self.width, 1, self.dtype, name="conv1")(x)
     x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
-    for stage in range(3):
-      for block in range(n):
-        stride = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(self.width * 2**stage, stride, self.dtype,
-                       name=f"stage{stage + 1}_block{block}")(x, train)
+    for (name, features, stride), w in zip(blocks, inner):
+      x = BasicBlock(features, stride, self.dtype, inner=w, name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return torch_dense(x, self.num_classes, self.dtype, name="fc")
 
 
+def channel_groups(model: CifarResNet) -> list[ChannelGroup]:
+  """The prunable channels: the inner channels of each block. (The blocks'
+  outputs are summed with the shortcut, so they stay.)"""
+  return [ChannelGroup(f"params/{b}/conv1/kernel", (
+      (f"params/{b}/bn1/scale", 0), (f"params/{b}/bn1/bias", 0),
+      (f"batch_stats/{b}/bn1/mean", 0), (f"batch_stats/{b}/bn1/var", 0),
+      (f"params/{b}/conv2/kernel", 2))) for b, _, _ in model.blocks()]
+
+
 def _cifar_resnet(depth: int):
-  def factory(num_classes: int = 10, dtype: Any = jnp.float32, width: int = 16):
-    return CifarResNet(depth=depth, num_classes=num_classes, width=width, dtype=dtype)
-  factory.__annotations__ = {"width": int}
+  def factory(num_classes: int = 10, dtype: Any = jnp.float32, width: int = 16,
+              block_widths: tuple = ()):
+    return CifarResNet(depth=depth, num_classes=num_classes, width=width, dtype=dtype,
+                       block_widths=tuple(block_widths))
+  factory.__annotations__ = {"width": int, "block_widths": tuple}
+  factory.channel_groups = channel_groups
+  factory.width_option = "block_widths"
   return factory
 
 

@@ -6,6 +6,8 @@ an optax wrapper that holds pruned weights at zero, and statistics.
     params = apply(params, masks)
     tx = masked(optax.sgd(0.1, momentum=0.9))             # update(..., masks=masks)
     params = regenerate(params, masks, fresh_params)      # DNR / KE / LLF
+    masks = fpgm_channels(params, group_masks(params, groups), groups, 0.6)
+    slim_variables, widths = slim(variables, masks, groups)
     print(table(layer_stats(params, masks)))
 """
 
@@ -15,9 +17,12 @@ from neurojax.sparsity.scores import bn_gamma, ce_grad_fn, fpgm, magnitude, rand
 from neurojax.sparsity.select import (channels, count, global_topk, intersect, per_layer_topk,
                                       std_threshold)
 from neurojax.sparsity.stats import layer_stats, summary, table
+from neurojax.sparsity.structured import (alive_channels, channel_masks, export, fpgm_channels,
+                                          group_masks, load_exported, slim)
 from neurojax.sparsity.transform import masked
 
-__all__ = ["DEFAULT_INCLUDE", "apply", "bn_gamma", "ce_grad_fn", "channels", "count",
-           "dense_masks", "fill", "fpgm", "global_topk", "intersect", "layer_stats",
-           "magnitude", "map_masked", "masked", "per_layer_topk", "random", "regenerate",
-           "snip", "std_threshold", "summary", "table"]
+__all__ = ["DEFAULT_INCLUDE", "alive_channels", "apply", "bn_gamma", "ce_grad_fn",
+           "channel_masks", "channels", "count", "dense_masks", "export", "fill", "fpgm",
+           "fpgm_channels", "global_topk", "group_masks", "intersect", "layer_stats",
+           "load_exported", "magnitude", "map_masked", "masked", "per_layer_topk", "random",
+           "regenerate", "slim", "snip", "std_threshold", "summary", "table"]

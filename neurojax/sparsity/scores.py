@@ -60,17 +60,24 @@ def ce_grad_fn(model, batch_stats):
   return grad_fn
 
 
+def filter_distances(kernel, alive=None):
+  """[out]: for each output channel (last axis) of `kernel`, the summed
+  Euclidean distance of its filter to the other filters (those `alive`, if
+  given). The filter nearest the geometric median has the smallest sum."""
+  filters = kernel.reshape(-1, kernel.shape[-1]).T.astype(jnp.float32)    # [out, fan_in]
+  sq = jnp.sum(filters**2, axis=1)
+  dist = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * filters @ filters.T, 0.0))
+  if alive is not None:
+    dist = dist * alive[None, :]
+  return jnp.sum(dist, axis=1)
+
+
 def fpgm(params, masks):
   """FPGM (He et al. 2019): per output channel, the summed Euclidean distance
   of its filter to all other filters of the layer. Filters near the
   geometric median (small sums) are the most replaceable: the lowest scores
-  are pruned first."""
-  def score(_, w):
-    filters = w.reshape(-1, w.shape[-1]).T.astype(jnp.float32)    # [out, fan_in]
-    sq = jnp.sum(filters**2, axis=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * filters @ filters.T
-    return jnp.sum(jnp.sqrt(jnp.maximum(d2, 0.0)), axis=1)
-  return map_masked(score, masks, params)
+  are pruned first. (`structured.fpgm_channels` prunes whole channel groups.)"""
+  return map_masked(lambda _, w: filter_distances(w), masks, params)
 
 
 def bn_gamma(params, masks):

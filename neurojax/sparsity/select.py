@@ -14,13 +14,13 @@ import numpy as np
 from neurojax.sparsity.masks import is_none, map_masked
 
 
-def _keep_count(density: float, n: int) -> int:
+def keep_count(density: float, n: int) -> int:
   if not 0.0 <= density <= 1.0:
     raise ValueError(f"density={density} must be in [0, 1] (the fraction of weights kept)")
   return int(round(density * n))
 
 
-def _top_k_mask(flat, k: int):
+def top_k_mask(flat, k: int):
   order = jnp.argsort(-flat, stable=True)        # stable: earlier index wins a tie
   return jnp.zeros(flat.shape, jnp.bool_).at[order[:k]].set(True)
 
@@ -30,7 +30,7 @@ def global_topk(scores, density: float):
   leaves, treedef = jax.tree.flatten(scores, is_leaf=is_none)
   real = [s for s in leaves if s is not None]
   flat = jnp.concatenate([jnp.ravel(s).astype(jnp.float32) for s in real])
-  keep = _top_k_mask(flat, _keep_count(density, flat.size))
+  keep = top_k_mask(flat, keep_count(density, flat.size))
   out, offset = [], 0
   for s in leaves:
     if s is None:
@@ -44,8 +44,8 @@ def global_topk(scores, density: float):
 def per_layer_topk(scores, density: float):
   """Keeps exactly round(density * n) entries of each scored leaf."""
   return map_masked(
-      lambda s: _top_k_mask(jnp.ravel(s).astype(jnp.float32),
-                            _keep_count(density, s.size)).reshape(s.shape), scores)
+      lambda s: top_k_mask(jnp.ravel(s).astype(jnp.float32),
+                            keep_count(density, s.size)).reshape(s.shape), scores)
 
 
 def std_threshold(params, masks, quality: float):
@@ -65,7 +65,7 @@ def channels(channel_scores, masks, density: float):
   channels (last axis) with the highest scores; whole filters are kept or
   dropped. `channel_scores` has one [C] array per masked leaf."""
   def rule(m, s):
-    keep = _top_k_mask(s.astype(jnp.float32), max(1, _keep_count(density, s.size)))
+    keep = top_k_mask(s.astype(jnp.float32), max(1, keep_count(density, s.size)))
     return m & jnp.broadcast_to(keep, m.shape)
   return map_masked(rule, masks, channel_scores)
 

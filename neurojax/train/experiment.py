@@ -109,7 +109,7 @@ def load_run(workdir: str):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   def template(key):
     state = create_train_state(model, tx, key, tuple(meta["image_shape"]))
-    return state.replace(masks=initial_masks(config, state.params)) if meta.get("masks") else state
+    return state.replace(masks=initial_masks(config, model, state.params)) if meta.get("masks") else state
   abstract = jax.eval_shape(template, jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
@@ -117,10 +117,14 @@ def load_run(workdir: str):
   return config, model, state
 
 
-def initial_masks(config, params):
-  """All-True masks on the weights `config.sparsity` makes eligible."""
-  from neurojax.sparsity import dense_masks  # pylint: disable=g-import-not-at-top
-  return dense_masks(params, config.sparsity.include, config.sparsity.exclude)
+def initial_masks(config, model, params):
+  """All-True masks on the weights `config.sparsity` makes eligible: the
+  model's channel groups for structured (`channels`) selection, else the
+  `include`/`exclude` regexes."""
+  from neurojax import sparsity  # pylint: disable=g-import-not-at-top
+  if config.sparsity.selection == "channels":
+    return sparsity.group_masks(params, models.channel_groups(config.model.name, model))
+  return sparsity.dense_masks(params, config.sparsity.include, config.sparsity.exclude)
 
 
 def _unflatten(flat: dict) -> ml_collections.ConfigDict:
@@ -160,7 +164,7 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False) -> Exper
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
                              parallel.replicated(mesh))
   if with_masks:
-    state = state.replace(masks=initial_masks(config, state.params))
+    state = state.replace(masks=initial_masks(config, model, state.params))
 
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                        max_to_keep=config.keep_checkpoints,

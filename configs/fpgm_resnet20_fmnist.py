@@ -1,0 +1,31 @@
+"""FPGM structured filter pruning of ResNet-20 on Fashion-MNIST.
+
+He et al. (CVPR 2019) prune the filters nearest the geometric median of
+each layer. Here: train the CIFAR-style ResNet-20 (272k params, option-A
+shortcuts) densely, then prune the inner channels of every residual block
+(conv1's filters, with their BN and conv2's inputs) to the `targets`
+(fraction of each block's channels pruned), retraining `retrain_epochs`
+after each step. At the end the pruned channels are cut out: the slimmed
+dense model is written to <workdir>/slim and must give the same logits.
+"""
+
+from neurojax.config import base_config
+
+
+def get_config():
+  c = base_config("resnet20")
+  c.data.crop_padding = 2
+  c.data.flip = True
+  c.data.mean = (0.2860,)
+  c.data.std = (0.3530,)
+  c.num_epochs = 6.0
+  c.schedule.lr = 0.1
+  c.optimizer.weight_decay = 5e-4
+  c.label_smoothing = 0.1
+  c.method = "prune"
+  c.sparsity.score = "fpgm"
+  c.sparsity.selection = "channels"
+  c.sparsity.targets = (0.3, 0.5)
+  c.sparsity.retrain_epochs = 2.0
+  c.sparsity.retrain_lr = 0.02
+  return c
