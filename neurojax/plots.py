@@ -1,8 +1,17 @@
-"""PNG plots of a run, drawn from `<workdir>/metrics.jsonl` (matplotlib, no display)."""
+"""PNG plots of runs (matplotlib, no display).
+
+Compare prune runs, averaging the seeds of each model and method:
+
+    python -m neurojax.plots --out pruning.png runs/prune300_s0 runs/prune300_s1 runs/prune5
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+
+import numpy as np
 
 from neurojax.train.writers import read_metrics
 
@@ -42,24 +51,80 @@ def plot_training_curves(workdir: str, path: str | None = None) -> str:
 def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
                               title: str = "test top-1 against fraction pruned") -> str:
   """One curve per label (e.g. "lenet_300_100 magnitude/global"); each is the
-  `rounds` list of a prune run's results.json (sparsity, compression, top1)."""
+  `rounds` list of a prune run's results.json (sparsity, compression, top1,
+  and optionally top1_std, drawn as error bars)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for label, rounds in curves.items():
-    xs = [100 * r["sparsity"] for r in rounds]
+    xs = [1.0 / max(1.0 - r["sparsity"], 1e-9) for r in rounds]       # compression
     ys = [100 * r["top1"] for r in rounds]
-    ax.plot(xs, ys, "o-", label=label)
-    for r, x, y in zip(rounds, xs, ys):
-      if r["compression"] and r["compression"] >= 2:
-        ax.annotate(f"{r['compression']:.0f}x", (x, y), textcoords="offset points",
-                    xytext=(0, 6), ha="center", fontsize=8)
-  ax.set(xlabel="weights pruned (%)", ylabel="test top-1 (%)", title=title)
+    errs = [100 * r.get("top1_std", 0.0) for r in rounds]
+    ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt="o-", capsize=3, label=label)
+  # A log axis of compression 1/(1 - pruned), labelled with the fraction pruned.
+  ax.set_xscale("log")
+  ticks = [t for t in (1, 2, 4, 8, 12, 25, 50, 100) if t <= 1.5 * max(
+      1.0 / max(1.0 - r["sparsity"], 1e-9) for rs in curves.values() for r in rs)]
+  ax.set_xticks(ticks, [f"{100 * (1 - 1 / t):.0f}%\n{t}x" for t in ticks])
+  ax.minorticks_off()
+  ax.set(xlabel="weights pruned (%) / compression", ylabel="test top-1 (%)", title=title)
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
+  """The rounds of several prune runs, grouped by model and method; runs in
+  a group (e.g. seeds) must share targets, and their rounds are averaged
+  (top1 is the mean, top1_std the std over runs)."""
+  groups: dict[str, list[dict]] = {}
+  for workdir in workdirs:
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished prune run?")
+    with open(path) as f:
+      results = json.load(f)
+    if "rounds" not in results:
+      raise ValueError(f"{path} is not from a prune run (it has no 'rounds')")
+    groups.setdefault(f"{results['model']} {results['score']}/{results['selection']}",
+                      []).append(results)
+  curves = {}
+  for label, runs in groups.items():
+    targets = [[r["target"] for r in run["rounds"]] for run in runs]
+    if any(t != targets[0] for t in targets):
+      raise ValueError(f"the {label} runs prune to different targets {targets}; "
+                       "compare runs of one schedule")
+    curve = []
+    for i, first in enumerate(runs[0]["rounds"]):
+      top1 = np.array([run["rounds"][i]["top1"] for run in runs])
+      curve.append({**first, "top1": float(top1.mean()), "top1_std": float(top1.std()),
+                    "runs": len(runs)})
+    curves[f"{label} (n={len(runs)})" if len(runs) > 1 else label] = curve
+  return curves
+
+
+def main(argv: list[str]) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  from neurojax.train.writers import format_table  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="python -m neurojax.plots",
+                                   description="Accuracy against fraction pruned, for prune runs.")
+  parser.add_argument("workdirs", nargs="+", help="workdirs of finished prune runs")
+  parser.add_argument("--out", required=True, help="the PNG to write")
+  args = parser.parse_args(argv)
+  try:
+    curves = pruning_curves(args.workdirs)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"neurojax.plots: {e}")
+  for label, rounds in curves.items():
+    print(f"\n{label}")
+    print(format_table(rounds, ["target", "sparsity", "compression", "top1", "top1_std"]))
+  print("\nplot:", plot_accuracy_vs_sparsity(curves, args.out))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

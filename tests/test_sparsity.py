@@ -345,3 +345,32 @@ def test_fpgm_method_refuses_a_model_without_channel_groups(tmp_path):
   assert proc.returncode != 0
   assert "declares no prunable channel groups" in proc.stderr
   assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def _fake_prune_run(path, top1s, targets=(0.0, 0.5), model="lenet5"):
+  import json
+  path.mkdir()
+  rounds = [{"target": t, "sparsity": t, "compression": 1 / (1 - t), "top1": a}
+            for t, a in zip(targets, top1s)]
+  (path / "results.json").write_text(json.dumps(
+      {"model": model, "score": "magnitude", "selection": "global", "rounds": rounds}))
+  return str(path)
+
+
+def test_pruning_curves_average_seeds_and_plot(tmp_path):
+  from neurojax import plots
+  runs = [_fake_prune_run(tmp_path / f"s{i}", a) for i, a in enumerate([(0.9, 0.8), (0.8, 0.6)])]
+  runs.append(_fake_prune_run(tmp_path / "mlp", (0.5, 0.4), model="lenet_300_100"))
+  curves = plots.pruning_curves(runs)
+  assert list(curves) == ["lenet5 magnitude/global (n=2)", "lenet_300_100 magnitude/global"]
+  np.testing.assert_allclose([r["top1"] for r in curves["lenet5 magnitude/global (n=2)"]],
+                             [0.85, 0.7])
+  np.testing.assert_allclose([r["top1_std"] for r in curves["lenet5 magnitude/global (n=2)"]],
+                             [0.05, 0.1])
+  out = plots.plot_accuracy_vs_sparsity(curves, str(tmp_path / "p.png"))
+  assert (tmp_path / "p.png").stat().st_size > 10_000 and out.endswith("p.png")
+  odd = _fake_prune_run(tmp_path / "odd", (0.9, 0.8), targets=(0.0, 0.75))
+  with pytest.raises(ValueError, match="different targets"):
+    plots.pruning_curves(runs + [odd])
+  with pytest.raises(FileNotFoundError, match="finished prune run"):
+    plots.pruning_curves([str(tmp_path)])
