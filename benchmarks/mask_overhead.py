@@ -3,10 +3,12 @@
 Both steps are neurojax's real train step with the optimizer `make_optimizer`
 builds (SGD+momentum+weight decay, wrapped in `sparsity.masked`): the dense
 one with no masks in the state, the masked one with global-magnitude masks
-at 8% density. They run interleaved in blocks, several rounds, in one
-process; the median step times are compared.
+at 8% density. They run interleaved in short blocks, back to back, in one
+process (the order alternates). Each round gives one paired ratio, masked
+block time / dense block time, so load that drifts over the run cancels;
+the median of those ratios is the overhead.
 
-    .venv/bin/python benchmarks/mask_overhead.py [--rounds 8] [--steps 25] [--batch 128]
+    .venv/bin/python benchmarks/mask_overhead.py [--rounds 40] [--steps 10] [--batch 128]
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from neurojax.train.state import create_train_state  # noqa: E402
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rounds", type=int, default=8)
-  parser.add_argument("--steps", type=int, default=25)
+  parser.add_argument("--rounds", type=int, default=40)
+  parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=128)
   args = parser.parse_args()
 
@@ -66,7 +68,9 @@ def main():
       jax.block_until_ready((states[name], m))
       times[name].append((time.perf_counter() - t0) / args.steps)
   med = {k: statistics.median(v) for k, v in times.items()}
-  overhead = med["masked"] / med["dense"] - 1
+  ratios = sorted(m / d for m, d in zip(times["masked"], times["dense"]))
+  quartiles = statistics.quantiles(ratios, n=4)
+  overhead = statistics.median(ratios) - 1
   pruned = np.concatenate([np.asarray(w)[~np.asarray(m)] for m, w in zip(
       jax.tree.leaves(masks), jax.tree.leaves(sp.map_masked(lambda _, w: w, masks,
                                                             states["masked"].params)))])
@@ -75,11 +79,13 @@ def main():
   print("| step | median ms | min-max ms |\n|---|---:|---:|")
   for k, v in times.items():
     print(f"| {k} | {1e3 * med[k]:.1f} | {1e3 * min(v):.1f}-{1e3 * max(v):.1f} |")
-  print(f"masked/dense step time: {med['masked'] / med['dense']:.3f} "
-        f"(overhead {100 * overhead:+.1f}%); train step compiles: {step._cache_size()}")
+  print(f"masked/dense step time, median of {len(ratios)} paired ratios: {1 + overhead:.3f} "
+        f"(overhead {100 * overhead:+.1f}%; quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}); "
+        f"train step compiles: {step._cache_size()}")
   os.makedirs("benchmarks/out", exist_ok=True)
   with open("benchmarks/out/mask_overhead.json", "w") as f:
-    json.dump({"times_s": times, "median_s": med, "overhead": overhead}, f, indent=1)
+    json.dump({"times_s": times, "median_s": med, "paired_ratios": ratios,
+               "overhead": overhead, "load_average": os.getloadavg()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
     ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt="o-", capsize=3, label=label)
   # A log axis of compression 1/(1 - pruned), labelled with the fraction pruned.
   ax.set_xscale("log")
-  ticks = [t for t in (1, 2, 4, 8, 12, 25, 50, 100) if t <= 1.5 * max(
+  ticks = [t for t in (1, 2, 4, 8, 12, 17, 25, 50, 100) if t <= 1.5 * max(
       1.0 / max(1.0 - r["sparsity"], 1e-9) for rs in curves.values() for r in rs)]
   ax.set_xticks(ticks, [f"{100 * (1 - 1 / t):.0f}%\n{t}x" for t in ticks])
   ax.minorticks_off()
@@ -91,8 +91,10 @@ def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
       results = json.load(f)
     if "rounds" not in results:
       raise ValueError(f"{path} is not from a prune run (it has no 'rounds')")
-    groups.setdefault(f"{results['model']} {results['score']}/{results['selection']}",
-                      []).append(results)
+    label = f"{results['model']} {results['score']}/{results['selection']}"
+    if len(results["rounds"]) == 2:
+      label += " one-shot"
+    groups.setdefault(label, []).append(results)
   curves = {}
   for label, runs in groups.items():
     targets = [[r["target"] for r in run["rounds"]] for run in runs]

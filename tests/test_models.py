@@ -75,5 +75,5 @@ def test_bf16_compute_f32_params():
 def test_unknown_model_and_option_errors():
   with pytest.raises(ValueError, match=r"model.name='resnet21'.*lenet5.*resnet20"):
     models.get_model("resnet21", num_classes=10)
-  with pytest.raises(ValueError, match=r"config.model.widht.*options are: width"):
+  with pytest.raises(ValueError, match=r"config.model.widht.*options are: block_widths, width"):
     models.get_model("resnet20", num_classes=10, widht=2)

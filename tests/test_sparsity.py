@@ -362,10 +362,11 @@ def test_pruning_curves_average_seeds_and_plot(tmp_path):
   runs = [_fake_prune_run(tmp_path / f"s{i}", a) for i, a in enumerate([(0.9, 0.8), (0.8, 0.6)])]
   runs.append(_fake_prune_run(tmp_path / "mlp", (0.5, 0.4), model="lenet_300_100"))
   curves = plots.pruning_curves(runs)
-  assert list(curves) == ["lenet5 magnitude/global (n=2)", "lenet_300_100 magnitude/global"]
-  np.testing.assert_allclose([r["top1"] for r in curves["lenet5 magnitude/global (n=2)"]],
+  assert list(curves) == ["lenet5 magnitude/global one-shot (n=2)",
+                          "lenet_300_100 magnitude/global one-shot"]
+  np.testing.assert_allclose([r["top1"] for r in curves["lenet5 magnitude/global one-shot (n=2)"]],
                              [0.85, 0.7])
-  np.testing.assert_allclose([r["top1_std"] for r in curves["lenet5 magnitude/global (n=2)"]],
+  np.testing.assert_allclose([r["top1_std"] for r in curves["lenet5 magnitude/global one-shot (n=2)"]],
                              [0.05, 0.1])
   out = plots.plot_accuracy_vs_sparsity(curves, str(tmp_path / "p.png"))
   assert (tmp_path / "p.png").stat().st_size > 10_000 and out.endswith("p.png")

@@ -117,11 +117,7 @@ def run(config, workdir: str) -> dict:
       steps_lib.train_step_fn(exp.model, exp.tx, schedule=exp.schedule, **step_kw), exp.mesh)
   retrain_step = steps_lib.jit_train_step(
       steps_lib.train_step_fn(exp.model, retrain_tx, **step_kw), exp.mesh)
-  eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(exp.model), exp.mesh)
-
-  def evaluate(step, state):
-    metrics = steps_lib.evaluate(eval_step, state, exp.data.eval.batches(), exp.mesh)
-    exp.writer.write(step, metrics, prefix="eval/")
+  evaluate = exp.evaluator()
 
   def record(step, state):
     total = sp.summary(_layer_stats(config, exp, state))
@@ -152,9 +148,7 @@ def run(config, workdir: str) -> dict:
                   log_every=config.log_every_steps, progress=progress,
                   hooks=hooks)
   finally:
-    progress.close()
-    exp.checkpointer.wait()
-    exp.writer.close()
+    exp.close(progress)
   slim = _export_slim(config, exp, state, workdir) if config.sparsity.selection == "channels" else None
   return _report(config, exp, workdir, bounds, slim)
 

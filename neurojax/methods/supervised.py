@@ -27,14 +27,7 @@ def run(config, workdir: str) -> dict:
   train_step = steps_lib.jit_train_step(
       steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
                               schedule=exp.schedule), exp.mesh)
-  eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(exp.model), exp.mesh)
-  evaluated = []
-
-  def evaluate(step, state):
-    metrics = steps_lib.evaluate(eval_step, state, exp.data.eval.batches(), exp.mesh)
-    exp.writer.write(step, metrics, prefix="eval/")
-    evaluated.append(step)
-    logging.info("eval at step %d: %s", step, metrics)
+  evaluate = exp.evaluator()
 
   start = time.perf_counter()
   progress = exp.progress()
@@ -46,12 +39,10 @@ def run(config, workdir: str) -> dict:
                 hooks=[Hook(exp.every(config.eval_every_steps), evaluate),
                        Hook(exp.every(config.checkpoint_every_steps), exp.save)])
     # A run resumed at its last step was evaluated before it was saved.
-    if exp.num_steps not in evaluated and exp.resumed_from != exp.num_steps:
+    if exp.num_steps not in evaluate.steps and exp.resumed_from != exp.num_steps:
       evaluate(exp.num_steps, state)
   finally:
-    progress.close()
-    exp.checkpointer.wait()   # never leave a save half-done
-    exp.writer.close()
+    exp.close(progress)
   compiles = train_step._cache_size()  # pylint: disable=protected-access
   if compiles > 1:
     logging.warning("the train step was compiled %d times; something changes shape or dtype "

@@ -13,7 +13,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from neurojax.train.optimizers import path_str
+from neurojax.tree import path_str
 
 DEFAULT_INCLUDE = r"(^|/)kernel$"
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neurojax.sparsity.masks import is_none
-from neurojax.train.optimizers import path_str
+from neurojax.tree import path_str
 from neurojax.train.writers import format_table
 
 

@@ -26,7 +26,7 @@ from flax import traverse_util
 from neurojax.models.registry import ChannelGroup
 from neurojax.sparsity.scores import filter_distances
 from neurojax.sparsity.select import keep_count, top_k_mask
-from neurojax.train.optimizers import path_str
+from neurojax.tree import path_str
 
 _PARAMS = "params/"
 

@@ -15,6 +15,7 @@ from absl import logging
 
 from neurojax import models, parallel
 from neurojax.train import checkpoint as ckpt_lib
+from neurojax.train import steps as steps_lib
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
 from neurojax.train.state import TrainState, create_train_state, init_variables
@@ -70,6 +71,28 @@ class Experiment:
   def progress(self, desc: str = "train", total: int | None = None) -> Progress:
     return Progress(total or self.num_steps, self.start_step, self.config.batch_size, desc,
                     enabled=self.config.progress)
+
+  def evaluator(self):
+    """`evaluate(step, state)`: test metrics over the whole eval split, written
+    under eval/ (a `Hook` function). Its `.steps` lists the steps evaluated."""
+    eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(self.model), self.mesh)
+
+    def evaluate(step: int, state: TrainState) -> dict:
+      metrics = steps_lib.evaluate(eval_step, state, self.data.eval.batches(), self.mesh)
+      self.writer.write(step, metrics, prefix="eval/")
+      evaluate.steps.append(step)
+      logging.info("eval at step %d: %s", step, metrics)
+      return metrics
+    evaluate.steps = []
+    return evaluate
+
+  def close(self, progress: Progress | None = None) -> None:
+    """Ends a run, also on error: waits for a pending save (never leaves one
+    half-done) and flushes the metrics."""
+    if progress is not None:
+      progress.close()
+    self.checkpointer.wait()
+    self.writer.close()
 
 
 def total_steps(config, steps_per_epoch: int) -> int:

@@ -14,11 +14,9 @@ import re
 import jax
 import optax
 
+from neurojax.tree import path_str
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
-def path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def decay_mask(params, exclude: str):
