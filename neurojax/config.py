@@ -119,6 +119,11 @@ def validate(config) -> None:
     if key != "name" and key not in valid:
       raise ConfigError(f"config.model.{key} is not an option of model {config.model.name!r}; "
                         f"its options are: {', '.join(valid) or '(none)'}")
+  try:    # a model's factory checks its option values
+    models.get_model(config.model.name, num_classes=2,
+                     **{k: v for k, v in config.model.items() if k != "name"})
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _choice(config.compute_dtype, "compute_dtype", tuple(models.DTYPES))
   _choice(config.optimizer.name, "optimizer.name", OPTIMIZERS)
   _choice(config.schedule.name, "schedule.name", SCHEDULES)

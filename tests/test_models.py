@@ -77,3 +77,26 @@ def test_unknown_model_and_option_errors():
     models.get_model("resnet21", num_classes=10)
   with pytest.raises(ValueError, match=r"config.model.widht.*options are: block_widths, width"):
     models.get_model("resnet20", num_classes=10, widht=2)
+
+
+@pytest.mark.parametrize("depth,count", [(18, 11_689_512), (34, 21_797_672), (50, 25_557_032),
+                                         (101, 44_549_160), (152, 60_192_808)])
+def test_imagenet_resnet_param_counts_equal_torchvision(depth, count):
+  m = models.get_model(f"resnet{depth}", num_classes=1000)
+  v = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 224, 224, 3))), jax.random.PRNGKey(0))
+  assert sum(x.size for x in jax.tree.leaves(v["params"])) == count
+  assert jax.eval_shape(lambda v: m.apply(v, jnp.zeros((2, 224, 224, 3))), v).shape == (2, 1000)
+
+
+def test_resnet18_small_stem_keeps_resolution_for_28px():
+  m = models.get_model("resnet18", num_classes=10, stem="small")
+  v = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 28, 28, 1))), jax.random.PRNGKey(0))
+  chex.assert_shape(v["params"]["conv1"]["kernel"], (3, 3, 1, 64))
+  _, inter = jax.eval_shape(lambda v: m.apply(v, jnp.zeros((2, 28, 28, 1)),
+                                              capture_intermediates=True, mutable=["intermediates"]),
+                            v)
+  # 28 -> 28 (no stride, no pool) -> 28, 14, 7, 4 through the four stages
+  assert [inter["intermediates"][f"layer{i}_0"]["__call__"][0].shape[1] for i in (1, 2, 3, 4)] == \
+      [28, 14, 7, 4]
+  with pytest.raises(ValueError, match="config.model.stem='tiny'.*imagenet, small"):
+    models.get_model("resnet18", num_classes=10, stem="tiny")
