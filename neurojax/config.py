@@ -74,6 +74,15 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
       retrain_lr=0.01,
       snip_batches=1))
 
+  # method="generations": DNR, KE, LLF, layer-wise reinit, the long baseline.
+  c.generations = ml_collections.ConfigDict(dict(
+      policy="dnr",                 # dnr | ke | llf | layerwise | none
+      num_generations=3,            # each of num_epochs, with a fresh optimizer and schedule
+      keep=0.8,                     # dnr: keep the 80% most salient (SNIP) weights
+      snip_batches=0,               # dnr: 0 = ceil(batches per epoch / 32)
+      split_rate=0.5,               # ke: the fraction of channels kept
+      reset_layer="layer4"))        # llf: re-draw from this stage on
+
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
   return c

@@ -78,6 +78,33 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
   return path
 
 
+def plot_generations(rows: list[dict], path: str, title: str = "") -> str:
+  """Test top-1 at the end of each generation, and the weights reset and
+  the mask overlap with the previous generation at its start."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, (ax_acc, ax_reset) = plt.subplots(1, 2, figsize=(10, 3.8))
+  gens = [r["generation"] for r in rows if r["top1"] is not None]
+  ax_acc.plot(gens, [100 * r["top1"] for r in rows if r["top1"] is not None], "o-")
+  ax_acc.set(xlabel="generation", ylabel="test top-1 (%)", title="end of each generation")
+  ax_reset.bar([r["generation"] for r in rows], [r["reset"] for r in rows], color="tab:orange")
+  ax_reset.set(xlabel="generation", ylabel="weights reset", title="reset at the start")
+  overlaps = [(r["generation"], r["overlap"]) for r in rows if r.get("overlap") is not None]
+  if overlaps:
+    twin = ax_reset.twinx()
+    twin.plot(*zip(*overlaps), "s--", color="tab:green")
+    twin.set(ylabel="kept-set overlap with previous", ylim=(0, 1.05))
+  for ax in (ax_acc, ax_reset):
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
   """The rounds of several prune runs, grouped by model and method; runs in
   a group (e.g. seeds) must share targets, and their rounds are averaged

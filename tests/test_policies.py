@@ -26,7 +26,8 @@ def _flat(tree):
 
 def test_stage_of():
   assert [policies.stage_of(p) for p in ("conv1/kernel", "bn1/scale", "layer1_0/conv1/kernel",
-                                         "layer4_1/bn2/bias", "fc/kernel")] == [0, 0, 1, 4, 5]
+                                         "layer4_1/bn2/bias", "stage3_block2/conv1/kernel",
+                                         "fc/kernel")] == [0, 0, 1, 4, 3, 5]
 
 
 def test_ke_split_keeps_the_leading_channels(resnet18):

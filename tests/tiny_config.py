@@ -7,6 +7,8 @@ from neurojax.config import base_config
 
 def get_config(model="lenet_300_100"):
   c = base_config(model)
+  if model == "resnet18":
+    c.model.stem = "small"
   c.data.source = "synthetic"
   c.data.num_classes = 10
   c.data.synthetic_shape = (8, 8, 1)

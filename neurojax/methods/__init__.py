@@ -7,6 +7,7 @@ import importlib
 _METHODS = {
     "supervised": "neurojax.methods.supervised",
     "prune": "neurojax.methods.prune",
+    "generations": "neurojax.methods.generations",
 }
 
 

@@ -4,8 +4,8 @@ Each policy returns a keep-mask for `regenerate(params, mask, fresh)`: a
 bool array (True = keep) on every leaf a policy may reset, None on the
 leaves it never touches. Paths are '/'-joined param paths in the
 torchvision-style ResNet naming (`conv1`, `bn1`, `layer3_1/conv2`,
-`layer2_0/downsample_conv`, `fc`); `stage_of` maps them to 0 (stem),
-1-4 (layer1-4) and 5 (the head).
+`layer2_0/downsample_conv`, `fc`; the CIFAR ResNets' `stage2_block0` works
+too); `stage_of` maps them to 0 (stem), 1-4 (layer1-4) and 5 (the head).
 
 - `dnr`: SNIP |w * sum_b |g_b|| over conv and fc kernels, downsample convs
   excluded; keep the global top `keep` fraction. BN and biases: never reset.
@@ -32,7 +32,7 @@ from neurojax.sparsity.scores import snip
 from neurojax.sparsity.select import global_topk
 from neurojax.tree import path_str
 
-_LAYER = re.compile(r"^layer(\d+)_")
+_LAYER = re.compile(r"^(?:layer|stage)(\d+)_")     # torchvision and CIFAR ResNet naming
 HEAD_STAGE = 5
 
 

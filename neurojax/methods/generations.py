@@ -1,0 +1,187 @@
+"""Generational training: DNR, KE, LLF, layer-wise reinit and the long baseline.
+
+    for g in 0 .. num_generations - 1:
+        if g > 0:
+            keep   <- policy(state, g)          # True = keep (sparsity.policies)
+            fresh  <- the model's initialisers with key(seed, g)
+            params <- keep * params + (1 - keep) * fresh
+        a fresh optimizer; the lr schedule (warm-up + cosine) restarts
+        train num_epochs; evaluate: the generation's test top-1
+
+`generations.policy`: dnr | ke | llf | layerwise | none (the long baseline:
+set num_generations=1 and num_epochs to the total). Every generation has
+`num_epochs`; the step count runs on over generations, so checkpoints,
+resume and metrics work as in any run. A reset is a pure function of the
+state at the boundary, the seed and the data, so a run killed in any
+generation and re-run ends exactly as one that never stopped.
+
+Per generation it records eval top-1, the number of weights reset and the
+overlap of the kept set with the previous generation's (`gen/*` metrics),
+prints a table and plots them (generations.png).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from neurojax import parallel
+from neurojax import sparsity as sp
+from neurojax.sparsity import policies
+from neurojax.train import steps as steps_lib
+from neurojax.train.experiment import setup
+from neurojax.train.loop import Hook, fit
+from neurojax.train.state import init_variables
+from neurojax.train.writers import format_table, read_metrics
+from neurojax.tree import path_str
+
+POLICIES = ("dnr", "ke", "llf", "layerwise", "none")
+
+
+def validate(config) -> None:
+  g = config.generations
+  if g.policy not in POLICIES:
+    raise ValueError(f"config.generations.policy={g.policy!r} is not valid; choose one of: "
+                     f"{', '.join(POLICIES)}")
+  if g.num_generations < 1:
+    raise ValueError(f"config.generations.num_generations={g.num_generations} must be >= 1")
+  if not 0.0 < g.keep <= 1.0:
+    raise ValueError(f"config.generations.keep={g.keep} must be in (0, 1]: the fraction of "
+                     "weights DNR keeps (0.8 keeps the 80% most salient)")
+  if not 0.0 < g.split_rate <= 1.0:
+    raise ValueError(f"config.generations.split_rate={g.split_rate} must be in (0, 1]")
+  if g.policy == "llf":
+    policies.llf({}, g.reset_layer)      # checks the name
+
+
+def _keep_mask(config, exp, state, generation: int, step: int):
+  g = config.generations
+  params = state.params
+  if g.policy == "dnr":
+    n = g.snip_batches or math.ceil(exp.steps_per_epoch / 32)
+    batches = [parallel.shard_batch(exp.data.train.batch(step + i), exp.mesh) for i in range(n)]
+    return policies.dnr(sp.ce_grad_fn(exp.model, state.batch_stats), params, batches, g.keep)
+  if g.policy == "ke":
+    return policies.ke(params, g.split_rate, image_channels=exp.data.info.image_shape[-1])
+  if g.policy == "llf":
+    return policies.llf(params, g.reset_layer)
+  return policies.layerwise(params, generation, g.num_generations)
+
+
+def _by_path(keep) -> dict:
+  """{path: bool array} of the masked leaves."""
+  return {path_str(p): np.asarray(m) for p, m in jax.tree_util.tree_flatten_with_path(keep)[0]}
+
+
+def _counts(keep: dict, previous: dict | None):
+  """(entries reset, and the fraction of the kept entries that the previous
+  generation kept too, over the leaves both masks cover)."""
+  reset = sum(int(m.size - m.sum()) for m in keep.values())
+  if not previous:
+    return reset, None
+  common = [p for p in keep if p in previous]
+  kept = sum(int(keep[p].sum()) for p in common)
+  both = sum(int((keep[p] & previous[p]).sum()) for p in common)
+  return reset, both / max(kept, 1)
+
+
+def _mask_path(workdir, generation):
+  return os.path.join(workdir, "masks", f"generation_{generation}.npz")
+
+
+def _save_mask(workdir, generation, keep: dict):
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
+  np.savez_compressed(_mask_path(workdir, generation),
+                      **{p.replace("/", "|"): np.packbits(m) for p, m in keep.items()},
+                      __shapes__=json.dumps({p: m.shape for p, m in keep.items()}))
+
+
+def load_mask(workdir: str, generation: int) -> dict | None:
+  """The keep-mask applied at the start of `generation`, {path: bool array}."""
+  path = _mask_path(workdir, generation)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    shapes = json.loads(str(f["__shapes__"]))
+    return {p: np.unpackbits(f[p.replace("/", "|")], count=math.prod(s)).reshape(s).astype(bool)
+            for p, s in shapes.items()}
+
+
+def run(config, workdir: str) -> dict:
+  validate(config)
+  g = config.generations
+  exp = setup(config, workdir)
+  gen_steps = exp.num_steps
+  total = gen_steps * g.num_generations
+  init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0])
+  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7), g.num_generations)
+  train_step = steps_lib.jit_train_step(
+      steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
+                              schedule=lambda s: exp.schedule(s % gen_steps)), exp.mesh)
+  evaluate = exp.evaluator()
+  hooks = [Hook(exp.every(config.eval_every_steps), evaluate),
+           Hook(exp.every(config.checkpoint_every_steps), exp.save)]
+  state = exp.state
+  progress = exp.progress("generations", total=total)
+  try:
+    for generation in range(g.num_generations):
+      start, end = generation * gen_steps, (generation + 1) * gen_steps
+      if int(state.step) >= end:
+        continue
+      if int(state.step) == start:
+        if generation > 0 and g.policy != "none":
+          keep = _keep_mask(config, exp, state, generation, start)
+          fresh = init(keys[generation])
+          params = jax.device_put(sp.regenerate(state.params, keep, fresh),
+                                  parallel.replicated(exp.mesh))
+          flat = _by_path(jax.device_get(keep))
+          reset, overlap = _counts(flat, load_mask(workdir, generation - 1))
+          _save_mask(workdir, generation, flat)
+          record = {"generation": generation, "reset": reset}
+          if overlap is not None:
+            record["overlap"] = overlap
+          exp.writer.write(start, record, prefix="gen/")
+          logging.info("generation %d: %d weights reset, overlap %s", generation, reset, overlap)
+          state = state.replace(params=params)
+        if generation > 0:
+          state = state.replace(opt_state=jax.device_put(exp.tx.init(state.params),
+                                                         parallel.replicated(exp.mesh)))
+      state = fit(state, train_step=train_step, batches=exp.data.train.batches(int(state.step)),
+                  mesh=exp.mesh, num_steps=end, writer=exp.writer,
+                  log_every=config.log_every_steps, progress=progress, hooks=hooks)
+  finally:
+    exp.close(progress)
+  return _report(config, workdir, gen_steps)
+
+
+def _report(config, workdir, gen_steps) -> dict:
+  if jax.process_index() != 0:
+    return {}
+  by_step = {}
+  for r in read_metrics(workdir):
+    by_step.setdefault(r["step"], {}).update(r)
+  rows = []
+  for generation in range(config.generations.num_generations):
+    start, end = generation * gen_steps, (generation + 1) * gen_steps
+    rows.append({"generation": generation, "top1": by_step.get(end, {}).get("eval/top1"),
+                 "top5": by_step.get(end, {}).get("eval/top5"),
+                 "reset": by_step.get(start, {}).get("gen/reset", 0),
+                 "overlap": by_step.get(start, {}).get("gen/overlap")})
+  results = {"policy": config.generations.policy, "model": config.model.name,
+             "generations": rows, "final_top1": rows[-1]["top1"]}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  print(f"\n{config.model.name}: {config.generations.policy}, "
+        f"{config.generations.num_generations} generations, workdir {workdir}")
+  print(format_table(rows, ["generation", "top1", "top5", "reset", "overlap"]))
+  from neurojax.plots import plot_generations  # pylint: disable=g-import-not-at-top
+  print("plot:", plot_generations(rows, os.path.join(workdir, "generations.png"),
+                                  title=f"{config.model.name} {config.generations.policy}"))
+  return results
