@@ -108,7 +108,7 @@ def plot_generations(rows: list[dict], path: str, title: str = "") -> str:
 def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
   """The rounds of several prune runs, grouped by model and method; runs in
   a group (e.g. seeds) must share targets, and their rounds are averaged
-  (top1 is the mean, top1_std the std over runs)."""
+  (top1 is the mean, top1_std the sample std over runs)."""
   groups: dict[str, list[dict]] = {}
   for workdir in workdirs:
     path = os.path.join(workdir, "results.json")
@@ -131,7 +131,8 @@ def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
     curve = []
     for i, first in enumerate(runs[0]["rounds"]):
       top1 = np.array([run["rounds"][i]["top1"] for run in runs])
-      curve.append({**first, "top1": float(top1.mean()), "top1_std": float(top1.std()),
+      std = float(top1.std(ddof=1)) if len(runs) > 1 else 0.0
+      curve.append({**first, "top1": float(top1.mean()), "top1_std": std,
                     "runs": len(runs)})
     curves[f"{label} (n={len(runs)})" if len(runs) > 1 else label] = curve
   return curves
