@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from neurojax import models
+from neurojax import models, parallel
 from neurojax import sparsity as sp
 from neurojax.plots import plot_accuracy_vs_sparsity
 from neurojax.train import steps as steps_lib
@@ -81,7 +81,9 @@ def _scores(config, exp, state, round_index):
     scores = sp.random(jax.random.fold_in(state.rng, 1_000_000 + round_index), masks)
   else:
     start = int(state.step)
-    batches = [exp.data.train.batch(start + i) for i in range(s.snip_batches)]
+    # Global (sharded) batches: every process scores on the same data.
+    batches = [parallel.shard_batch(exp.data.train.batch(start + i), exp.mesh)
+               for i in range(s.snip_batches)]
     scores = sp.snip(sp.ce_grad_fn(exp.model, state.batch_stats), state.params, batches, masks)
   # Pruned weights stay pruned: they never win a place back.
   return sp.map_masked(lambda m, x: jnp.where(m, x, -jnp.inf), masks, scores)
