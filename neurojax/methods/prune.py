@@ -176,7 +176,8 @@ def _export_slim(config, exp, state, workdir) -> dict:
   variables, widths = sp.slim(_variables(state), jax.device_get(state.masks), groups)
   options = {k: v for k, v in config.model.items() if k != "name"}
   options[models.width_option(config.model.name)] = tuple(widths)
-  spec = {"name": config.model.name, "num_classes": exp.data.info.num_classes, "options": options}
+  spec = {"name": config.model.name, "num_classes": exp.data.info.num_classes, "options": options,
+          "image_shape": list(exp.data.info.image_shape)}
   slim_model = models.get_model(spec["name"], num_classes=spec["num_classes"], **options)
   images = next(iter(exp.data.eval.batches()))["image"]
   ref = exp.model.apply(jax.device_get(_variables(state)), images, train=False)

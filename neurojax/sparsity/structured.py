@@ -104,7 +104,8 @@ def slim(variables, masks, groups: list[ChannelGroup]):
 
 def export(directory: str, model_spec: dict, variables) -> str:
   """Writes a slimmed model: `model.json` ({"name", "num_classes",
-  "options"}: `get_model(name, num_classes=..., **options)` rebuilds it) and
+  "options"}: `get_model(name, num_classes=..., **options)` rebuilds it;
+  other keys, e.g. "image_shape", are kept for the reader) and
   `variables.npz`. Returns the directory."""
   os.makedirs(directory, exist_ok=True)
   flat = {k: np.asarray(v) for k, v in _flat(jax.device_get(variables)).items()}
