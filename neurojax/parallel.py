@@ -79,3 +79,13 @@ def check_batch_size(batch_size: int, field: str, mesh: Mesh) -> None:
 
 def is_main_process() -> bool:
   return jax.process_index() == 0
+
+
+def to_host(tree):
+  """numpy copies of a pytree of replicated arrays, also when they span
+  other processes' devices (each process reads its own replica)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x) if isinstance(x, jax.Array) else x
+  return jax.tree.map(get, tree)

@@ -151,36 +151,35 @@ def run(config, workdir: str) -> dict:
                   hooks=hooks)
   finally:
     exp.close(progress)
-  slim = _export_slim(config, exp, state, workdir) if config.sparsity.selection == "channels" else None
+  slim = None
+  if config.sparsity.selection == "channels":
+    slim = _export_slim(config, exp, state, workdir)
   return _report(config, exp, workdir, bounds, slim)
-
-
-def _variables(state):
-  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats
-                                     else {})}
 
 
 def _layer_stats(config, exp, state):
   """Per-kernel rows with MACs. Structured pruning counts every kernel (the
   whole network's size and MACs); otherwise the masked leaves."""
-  params = jax.device_get(state.params)
-  rows_of = sp.dense_masks(params) if config.sparsity.selection == "channels" else jax.device_get(
-      state.masks)
-  return sp.layer_stats(params, rows_of, exp.model, _variables(state), exp.data.info.image_shape)
+  params, batch_stats, masks = parallel.to_host((state.params, state.batch_stats, state.masks))
+  rows_of = sp.dense_masks(params) if config.sparsity.selection == "channels" else masks
+  return sp.layer_stats(params, rows_of, exp.model,
+                        steps_lib.model_variables(params, batch_stats), exp.data.info.image_shape)
 
 
 def _export_slim(config, exp, state, workdir) -> dict:
   """Cuts out the pruned channels, writes the slim model to <workdir>/slim,
   and checks that it gives the masked model's logits on an eval batch."""
   groups = _groups(config, exp.model)
-  variables, widths = sp.slim(_variables(state), jax.device_get(state.masks), groups)
+  params, batch_stats, masks = parallel.to_host((state.params, state.batch_stats, state.masks))
+  masked_variables = steps_lib.model_variables(params, batch_stats)
+  variables, widths = sp.slim(masked_variables, masks, groups)
   options = {k: v for k, v in config.model.items() if k != "name"}
   options[models.width_option(config.model.name)] = tuple(widths)
   spec = {"name": config.model.name, "num_classes": exp.data.info.num_classes, "options": options,
           "image_shape": list(exp.data.info.image_shape)}
   slim_model = models.get_model(spec["name"], num_classes=spec["num_classes"], **options)
   images = next(iter(exp.data.eval.batches()))["image"]
-  ref = exp.model.apply(jax.device_get(_variables(state)), images, train=False)
+  ref = exp.model.apply(masked_variables, images, train=False)
   out = slim_model.apply(variables, images, train=False)
   max_diff = float(jnp.max(jnp.abs(ref - out)))
   if max_diff > 1e-3 * (1.0 + float(jnp.max(jnp.abs(ref)))):
@@ -189,7 +188,7 @@ def _export_slim(config, exp, state, workdir) -> dict:
   stats = sp.summary(sp.layer_stats(variables["params"], sp.dense_masks(variables["params"]),
                                     slim_model, variables, exp.data.info.image_shape))
   info = {"directory": os.path.join(workdir, "slim"), "widths": list(widths), "params": n_params,
-          "dense_params": sum(int(x.size) for x in jax.tree.leaves(state.params)),
+          "dense_params": sum(int(x.size) for x in jax.tree.leaves(params)),
           "macs": stats["macs"], "logits_max_abs_diff": max_diff}
   if jax.process_index() == 0:
     sp.export(info["directory"], spec, variables)

@@ -19,7 +19,8 @@ from neurojax.train import losses
 from neurojax.train.state import TrainState
 
 
-def _variables(params, batch_stats):
+def model_variables(params, batch_stats):
+  """The variables dict `model.apply` takes."""
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
@@ -35,7 +36,7 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
 
     def loss_fn(params):
       logits, updates = model.apply(
-          _variables(params, state.batch_stats), batch["image"], train=True,
+          model_variables(params, state.batch_stats), batch["image"], train=True,
           rngs={"dropout": key}, mutable=["batch_stats"])
       per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
       return jnp.mean(per_example), (logits, per_example, updates)
@@ -59,7 +60,8 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
 def eval_step_fn(model):
   """The pure eval step: `(state, batch) -> metric sums` (padded rows masked)."""
   def step(state: TrainState, batch):
-    logits = model.apply(_variables(state.params, state.batch_stats), batch["image"], train=False)
+    logits = model.apply(model_variables(state.params, state.batch_stats), batch["image"],
+                         train=False)
     per_example = losses.cross_entropy(logits, batch["label"])
     return losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
   return step
