@@ -37,7 +37,7 @@ from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
 from neurojax.train.state import init_variables
-from neurojax.train.writers import format_table, read_metrics
+from neurojax.train.writers import format_table, metrics_by_step
 from neurojax.tree import path_str
 
 POLICIES = ("dnr", "ke", "llf", "layerwise", "none")
@@ -164,9 +164,7 @@ def run(config, workdir: str) -> dict:
 def _report(config, workdir, gen_steps) -> dict:
   if jax.process_index() != 0:
     return {}
-  by_step = {}
-  for r in read_metrics(workdir):
-    by_step.setdefault(r["step"], {}).update(r)
+  by_step = metrics_by_step(workdir)
   rows = []
   for generation in range(config.generations.num_generations):
     start, end = generation * gen_steps, (generation + 1) * gen_steps

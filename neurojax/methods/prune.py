@@ -40,7 +40,7 @@ from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
-from neurojax.train.writers import format_table, read_metrics
+from neurojax.train.writers import format_table, metrics_by_step
 
 SCORES = ("magnitude", "snip", "random", "fpgm")
 SELECTIONS = ("global", "per_layer", "std", "channels")
@@ -198,9 +198,7 @@ def _export_slim(config, exp, state, workdir) -> dict:
 def _report(config, exp, workdir, bounds, slim=None) -> dict:
   if jax.process_index() != 0:
     return {}
-  by_step = {}
-  for r in read_metrics(workdir):
-    by_step.setdefault(r["step"], {}).update(r)
+  by_step = metrics_by_step(workdir)
   rows = []
   for i, step in enumerate(bounds):
     rec = by_step.get(step, {})

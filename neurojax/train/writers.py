@@ -67,6 +67,14 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(l) for l in f if l.strip()]
 
 
+def metrics_by_step(workdir: str) -> dict[int, dict]:
+  """The records of `<workdir>/metrics.jsonl` merged per step."""
+  by_step: dict[int, dict] = {}
+  for r in read_metrics(workdir):
+    by_step.setdefault(r["step"], {}).update(r)
+  return by_step
+
+
 class Progress:
   """A tqdm bar over steps with images/s, on process 0 only (no host syncs)."""
 
