@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import numpy as np
 import pytest
 
@@ -58,3 +59,34 @@ def test_bad_policy_is_refused_before_training(tmp_path):
   proc = run(tmp_path / "w", "--config.method=generations",
              "--config.generations.policy=dnrr", check=False)
   assert proc.returncode != 0 and "dnr, ke, llf, layerwise, none" in proc.stderr
+
+
+def test_start_generation_regenerates_and_restarts_the_optimizer():
+  import jax
+  import optax
+  from neurojax import models, parallel
+  from neurojax import sparsity as sp
+  from neurojax.train.state import create_train_state
+  model = models.get_model("lenet_300_100", num_classes=10)
+  tx = optax.sgd(0.1, momentum=0.9)
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
+  grads = jax.tree.map(jax.numpy.ones_like, state.params)
+  _, opt_state = tx.update(grads, state.opt_state, state.params)
+  state = state.replace(opt_state=opt_state)          # momentum is now nonzero
+  fresh = create_train_state(model, tx, jax.random.PRNGKey(1), (8, 8, 1)).params
+  keep = sp.global_topk(sp.magnitude(state.params, sp.dense_masks(state.params)), 0.8)
+  sharding = parallel.replicated(parallel.make_mesh(jax.devices()[:1]))
+  new = generations.start_generation(state, tx, keep, fresh, sharding)
+  for layer in ("fc1", "fc2", "fc3"):
+    m = np.asarray(keep[layer]["kernel"])
+    old_w, fresh_w, new_w = (np.asarray(t[layer]["kernel"]) for t in (state.params, fresh,
+                                                                      new.params))
+    np.testing.assert_array_equal(new_w[m], old_w[m])
+    np.testing.assert_array_equal(new_w[~m], fresh_w[~m])
+    np.testing.assert_array_equal(np.asarray(new.params[layer]["bias"]),
+                                  np.asarray(state.params[layer]["bias"]))   # not masked: kept
+  assert all(not np.asarray(t).any() for t in jax.tree.leaves(new.opt_state))   # momentum 0
+  assert any(np.asarray(t).any() for t in jax.tree.leaves(state.opt_state))
+  same = generations.start_generation(state, tx, None, fresh, sharding)       # policy "none"
+  chex.assert_trees_all_equal(same.params, state.params)
+  assert all(not np.asarray(t).any() for t in jax.tree.leaves(same.opt_state))

@@ -114,13 +114,35 @@ def load_mask(workdir: str, generation: int) -> dict | None:
             for p, s in shapes.items()}
 
 
+def start_generation(state, tx, keep, fresh_params, sharding):
+  """The state at a generation boundary: the weights `keep` drops are re-drawn
+  from `fresh_params` (the kept ones stay bit-identical; `keep=None` resets
+  nothing), and the optimizer state is fresh, so momentum is zero and the lr
+  schedule starts again."""
+  params = state.params if keep is None else sp.regenerate(state.params, keep, fresh_params)
+  return jax.device_put(state.replace(params=params, opt_state=tx.init(params)), sharding)
+
+
+def _record(exp, workdir, generation, step, keep) -> None:
+  """Writes gen/reset and gen/overlap, and saves the mask for the next overlap."""
+  flat = _by_path(parallel.to_host(keep))
+  reset, overlap = _counts(flat, load_mask(workdir, generation - 1))
+  _save_mask(workdir, generation, flat)
+  record = {"generation": generation, "reset": reset}
+  if overlap is not None:
+    record["overlap"] = overlap
+  exp.writer.write(step, record, prefix="gen/")
+  logging.info("generation %d: %d weights reset, overlap %s", generation, reset, overlap)
+
+
 def run(config, workdir: str) -> dict:
   validate(config)
   g = config.generations
   exp = setup(config, workdir)
   gen_steps = exp.num_steps
   total = gen_steps * g.num_generations
-  init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0])
+  init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0],
+                 out_shardings=parallel.replicated(exp.mesh))
   keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7), g.num_generations)
   train_step = steps_lib.jit_train_step(
       steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
@@ -135,24 +157,13 @@ def run(config, workdir: str) -> dict:
       start, end = generation * gen_steps, (generation + 1) * gen_steps
       if int(state.step) >= end:
         continue
-      if int(state.step) == start:
-        if generation > 0 and g.policy != "none":
+      if int(state.step) == start and generation > 0:
+        keep = None
+        if g.policy != "none":
           keep = _keep_mask(config, exp, state, generation, start)
-          fresh = init(keys[generation])
-          params = jax.device_put(sp.regenerate(state.params, keep, fresh),
-                                  parallel.replicated(exp.mesh))
-          flat = _by_path(jax.device_get(keep))
-          reset, overlap = _counts(flat, load_mask(workdir, generation - 1))
-          _save_mask(workdir, generation, flat)
-          record = {"generation": generation, "reset": reset}
-          if overlap is not None:
-            record["overlap"] = overlap
-          exp.writer.write(start, record, prefix="gen/")
-          logging.info("generation %d: %d weights reset, overlap %s", generation, reset, overlap)
-          state = state.replace(params=params)
-        if generation > 0:
-          state = state.replace(opt_state=jax.device_put(exp.tx.init(state.params),
-                                                         parallel.replicated(exp.mesh)))
+          _record(exp, workdir, generation, start, keep)
+        state = start_generation(state, exp.tx, keep, init(keys[generation]),
+                                 parallel.replicated(exp.mesh))
       state = fit(state, train_step=train_step, batches=exp.data.train.batches(int(state.step)),
                   mesh=exp.mesh, num_steps=end, writer=exp.writer,
                   log_every=config.log_every_steps, progress=progress, hooks=hooks)
