@@ -37,6 +37,8 @@ def main():
   parser.add_argument("--rounds", type=int, default=40)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--density", type=float, default=0.08,
+                      help="fraction of weights kept (1.0: the masking work alone)")
   args = parser.parse_args()
 
   mesh = parallel.make_mesh(jax.devices()[:1])
@@ -47,7 +49,7 @@ def main():
   step = steps.jit_train_step(steps.train_step_fn(model, tx, label_smoothing=0.1), mesh)
   dense = create_train_state(model, tx, jax.random.PRNGKey(0), (28, 28, 1),
                              parallel.replicated(mesh))
-  masks = sp.global_topk(sp.magnitude(dense.params, sp.dense_masks(dense.params)), 0.08)
+  masks = sp.global_topk(sp.magnitude(dense.params, sp.dense_masks(dense.params)), args.density)
   # A copy: the step donates its state, and the two states must not share buffers.
   masked = jax.tree.map(lambda x: jax.numpy.array(x, copy=True),
                         dense.replace(params=sp.apply(dense.params, masks), masks=masks))

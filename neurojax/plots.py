@@ -57,7 +57,7 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  fig, ax = plt.subplots(figsize=(6.4 + (2.6 if len(curves) > 2 else 0), 4.2))
   for label, rounds in curves.items():
     xs = [1.0 / max(1.0 - r["sparsity"], 1e-9) for r in rounds]       # compression
     ys = [100 * r["top1"] for r in rounds]
@@ -71,7 +71,10 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
   ax.minorticks_off()
   ax.set(xlabel="weights pruned (%) / compression", ylabel="test top-1 (%)", title=title)
   ax.grid(alpha=0.3)
-  ax.legend()
+  if len(curves) > 2:
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+  else:
+    ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
