@@ -58,15 +58,16 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, ax = plt.subplots(figsize=(6.4 + (2.6 if len(curves) > 2 else 0), 4.2))
+  most = 1.0
   for label, rounds in curves.items():
     xs = [1.0 / max(1.0 - r["sparsity"], 1e-9) for r in rounds]       # compression
+    most = max(most, *xs)
     ys = [100 * r["top1"] for r in rounds]
     errs = [100 * r.get("top1_std", 0.0) for r in rounds]
     ax.errorbar(xs, ys, yerr=errs if any(errs) else None, fmt="o-", capsize=3, label=label)
   # A log axis of compression 1/(1 - pruned), labelled with the fraction pruned.
   ax.set_xscale("log")
-  ticks = [t for t in (1, 2, 4, 8, 12, 17, 25, 50, 100) if t <= 1.5 * max(
-      1.0 / max(1.0 - r["sparsity"], 1e-9) for rs in curves.values() for r in rs)]
+  ticks = [t for t in (1, 2, 4, 8, 12, 17, 25, 50, 100) if t <= 1.5 * most]
   ax.set_xticks(ticks, [f"{100 * (1 - 1 / t):.0f}%\n{t}x" for t in ticks])
   ax.minorticks_off()
   ax.set(xlabel="weights pruned (%) / compression", ylabel="test top-1 (%)", title=title)

@@ -48,6 +48,16 @@ def _param_members(group: ChannelGroup):
   return [(p[len(_PARAMS):], a) for p, a in _members(group) if p.startswith(_PARAMS)]
 
 
+def _producer(flat_params_tree: dict, group: ChannelGroup):
+  """The group's producer leaf in a flattened params-shaped tree."""
+  return flat_params_tree[group.producer[len(_PARAMS):]]
+
+
+def _alive(flat_masks: dict, group: ChannelGroup):
+  m = _producer(flat_masks, group)
+  return jnp.any(m, axis=tuple(range(m.ndim - 1)))
+
+
 def group_masks(params, groups: list[ChannelGroup]):
   """All-True masks on every param leaf a group touches; None elsewhere."""
   paths = {p for g in groups for p, _ in _param_members(g)}
@@ -57,8 +67,7 @@ def group_masks(params, groups: list[ChannelGroup]):
 
 def alive_channels(masks, group: ChannelGroup):
   """bool [C]: the group's channels that are not pruned."""
-  m = _flat(masks)[group.producer[len(_PARAMS):]]
-  return jnp.any(m, axis=tuple(range(m.ndim - 1)))
+  return _alive(_flat(masks), group)
 
 
 def channel_masks(params, groups: list[ChannelGroup], keeps):
@@ -78,12 +87,11 @@ def fpgm_channels(params, masks, groups: list[ChannelGroup], density: float):
   (at least 1) whose filters are farthest from the others, i.e. drop those
   nearest the geometric median. Distances are over the channels still alive,
   and a pruned channel never comes back."""
-  flat = _flat(params)
+  flat, flat_masks = _flat(params), _flat(masks)
   keeps = []
   for group in groups:
-    alive = alive_channels(masks, group)
-    scores = jnp.where(alive, filter_distances(flat[group.producer[len(_PARAMS):]], alive),
-                       -jnp.inf)
+    alive = _alive(flat_masks, group)
+    scores = jnp.where(alive, filter_distances(_producer(flat, group), alive), -jnp.inf)
     keeps.append(top_k_mask(scores, max(1, keep_count(density, scores.size))))
   return channel_masks(params, groups, keeps)
 
@@ -91,10 +99,10 @@ def fpgm_channels(params, masks, groups: list[ChannelGroup], density: float):
 def slim(variables, masks, groups: list[ChannelGroup]):
   """Cuts the pruned channels out of `variables` ({"params": ..., and e.g.
   "batch_stats": ...}). Returns (slim variables, kept width of each group)."""
-  flat = _flat(jax.device_get(variables))
+  flat, flat_masks = _flat(jax.device_get(variables)), _flat(masks)
   widths = []
   for group in groups:
-    idx = np.flatnonzero(np.asarray(alive_channels(masks, group)))
+    idx = np.flatnonzero(np.asarray(_alive(flat_masks, group)))
     for path, axis in _members(group):
       if path in flat:
         flat[path] = np.take(np.asarray(flat[path]), idx, axis=axis)
