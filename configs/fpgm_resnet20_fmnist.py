@@ -1,8 +1,9 @@
 """FPGM structured filter pruning of ResNet-20 on Fashion-MNIST.
 
 He et al. (CVPR 2019) prune the filters nearest the geometric median of
-each layer. Here: train the CIFAR-style ResNet-20 (272k params, option-A
-shortcuts) densely on a balanced 10k-image subset (sized for a CPU), then prune the inner channels of every residual block
+each layer. Here: train the CIFAR-style ResNet-20 (269k params, option-A
+shortcuts) densely on a balanced 10k-image subset (sized for a CPU), then
+prune the inner channels of every residual block
 (conv1's filters, with their BN and conv2's inputs) to the `targets`
 (fraction of each block's channels pruned), retraining `retrain_epochs`
 after each step. At the end the pruned channels are cut out: the slimmed

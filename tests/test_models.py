@@ -93,7 +93,8 @@ def test_resnet18_small_stem_keeps_resolution_for_28px():
   v = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 28, 28, 1))), jax.random.PRNGKey(0))
   chex.assert_shape(v["params"]["conv1"]["kernel"], (3, 3, 1, 64))
   _, inter = jax.eval_shape(lambda v: m.apply(v, jnp.zeros((2, 28, 28, 1)),
-                                              capture_intermediates=True, mutable=["intermediates"]),
+                                              capture_intermediates=True,
+                                              mutable=["intermediates"]),
                             v)
   # 28 -> 28 (no stride, no pool) -> 28, 14, 7, 4 through the four stages
   assert [inter["intermediates"][f"layer{i}_0"]["__call__"][0].shape[1] for i in (1, 2, 3, 4)] == \

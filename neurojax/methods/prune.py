@@ -211,7 +211,8 @@ def _report(config, exp, workdir, bounds, slim=None) -> dict:
                  "top5": rec.get("eval/top5"), "step": step})
   results = {"model": config.model.name, "score": config.sparsity.score,
              "selection": config.sparsity.selection, "rounds": rows,
-             "dense_top1": rows[0]["top1"], "dense_macs": by_step.get(bounds[0], {}).get("prune/dense_macs")}
+             "dense_top1": rows[0]["top1"],
+             "dense_macs": by_step.get(bounds[0], {}).get("prune/dense_macs")}
   if slim:
     results["slim"] = slim
   with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -132,7 +132,9 @@ def load_run(workdir: str):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   def template(key):
     state = create_train_state(model, tx, key, tuple(meta["image_shape"]))
-    return state.replace(masks=initial_masks(config, model, state.params)) if meta.get("masks") else state
+    if not meta.get("masks"):
+      return state
+    return state.replace(masks=initial_masks(config, model, state.params))
   abstract = jax.eval_shape(template, jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
