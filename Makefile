@@ -7,8 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-CONFIG ?= configs/default.py
-WORKDIR ?= runs/default
+CONFIG ?= configs/dnr_fmnist.py
+WORKDIR ?= runs/dnr_fmnist
 PYTEST_ARGS ?=
 
 .PHONY: run test setup dataset bench clean

@@ -37,7 +37,7 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source="idx", name="fashion_mnist", data_dir="", train_split="train", eval_split="test",
       per_class=0, subset_seed=0, num_classes=0, image_size=0, crop_padding=0, flip=False,
-      random_resized_crop=False, eval_resize=0, mean=(0.0,), std=(1.0,),
+      random_resized_crop=False, eval_resize=0, resize_square=False, mean=(0.0,), std=(1.0,),
       synthetic_train_size=512, synthetic_eval_size=128, synthetic_shape=(8, 8, 1),
       num_threads=4, prefetch=2))
 

@@ -1,8 +1,10 @@
 """PNG plots of runs (matplotlib, no display).
 
-Compare prune runs, averaging the seeds of each model and method:
+Compare prune runs, or generational runs (DNR, KE, ...), averaging the seeds
+of each model and method:
 
     python -m neurojax.plots --out pruning.png runs/prune300_s0 runs/prune300_s1 runs/prune5
+    python -m neurojax.plots --out generations.png runs/dnr_s0 runs/dnr_s1 runs/ke_s0 ...
 """
 
 from __future__ import annotations
@@ -115,13 +117,7 @@ def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
   (top1 is the mean, top1_std the sample std over runs)."""
   groups: dict[str, list[dict]] = {}
   for workdir in workdirs:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished prune run?")
-    with open(path) as f:
-      results = json.load(f)
-    if "rounds" not in results:
-      raise ValueError(f"{path} is not from a prune run (it has no 'rounds')")
+    results = _results(workdir, "rounds", "prune")
     label = f"{results['model']} {results['score']}/{results['selection']}"
     if len(results["rounds"]) == 2:
       label += " one-shot"
@@ -142,15 +138,90 @@ def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
   return curves
 
 
+def _results(workdir: str, key: str, kind: str) -> dict:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished {kind} run?")
+  with open(path) as f:
+    results = json.load(f)
+  if key not in results:
+    raise ValueError(f"{path} is not from a {kind} run (it has no {key!r})")
+  return results
+
+
+def _mean_std(values) -> tuple[float, float]:
+  values = np.asarray(values, float)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def generation_summary(workdirs: list[str]) -> list[dict]:
+  """Generational runs grouped by model, policy and length, seeds averaged:
+  one row per method with the final test top-1 (mean, sample std, runs) and
+  its per-generation curve (`epochs`, `top1`, `top1_std` lists)."""
+  groups: dict[str, list[dict]] = {}
+  for workdir in workdirs:
+    r = _results(workdir, "generations", "generational")
+    gens, epochs = len(r["generations"]), r["epochs_per_generation"]
+    method = r["policy"] if r["policy"] != "none" else f"one generation of {epochs:g} epochs"
+    groups.setdefault(f"{r['model']} {method}", []).append(r)
+  rows = []
+  for label, runs in groups.items():
+    shapes = {(len(r["generations"]), r["epochs_per_generation"]) for r in runs}
+    if len(shapes) > 1:
+      raise ValueError(f"the {label} runs have different lengths {sorted(shapes)}; "
+                       "compare runs of one schedule")
+    gens, epochs = shapes.pop()
+    per_gen = [_mean_std([run["generations"][g]["top1"] for run in runs]) for g in range(gens)]
+    mean, std = per_gen[-1]
+    rows.append({"method": label, "runs": len(runs), "epochs": gens * epochs,
+                 "top1": mean, "top1_std": std,
+                 "curve_epochs": [(g + 1) * epochs for g in range(gens)],
+                 "curve_top1": [m for m, _ in per_gen], "curve_std": [s for _, s in per_gen]})
+  return rows
+
+
+def plot_generation_summary(rows: list[dict], path: str) -> str:
+  """Test top-1 against epochs trained, one curve per method (a point at the
+  end of each generation, seeds' mean with sample-std bars)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  for row in rows:
+    ax.errorbar(row["curve_epochs"], 100 * np.asarray(row["curve_top1"]),
+                yerr=100 * np.asarray(row["curve_std"]), marker="o", capsize=3,
+                label=f"{row['method']} (n={row['runs']})")
+  ax.set(xlabel="epochs trained (generation ends)", ylabel="test top-1 (%)",
+         title="test top-1 at the end of each generation (mean ± std over seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def main(argv: list[str]) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   from neurojax.train.writers import format_table  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m neurojax.plots",
-                                   description="Accuracy against fraction pruned, for prune runs.")
-  parser.add_argument("workdirs", nargs="+", help="workdirs of finished prune runs")
+                                   description="Compares finished prune runs (accuracy against "
+                                   "fraction pruned) or generational runs (accuracy by "
+                                   "generation), seeds averaged.")
+  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs, all prune or "
+                      "all generational")
   parser.add_argument("--out", required=True, help="the PNG to write")
   args = parser.parse_args(argv)
   try:
+    generational = {"generations" in _results(w, "model", "finished") for w in args.workdirs}
+    if generational == {True, False}:
+      raise ValueError("give either prune runs or generational runs, not both")
+    if generational == {True}:
+      rows = generation_summary(args.workdirs)
+      print(format_table(rows, ["method", "runs", "epochs", "top1", "top1_std"]))
+      print("\nplot:", plot_generation_summary(rows, args.out))
+      return
     curves = pruning_curves(args.workdirs)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"neurojax.plots: {e}")

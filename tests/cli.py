@@ -35,7 +35,8 @@ def last_metrics(workdir) -> dict:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       record = json.loads(line)
-      out.update({k: v for k, v in record.items() if "images_per_sec" not in k})
+      out.update({k: v for k, v in record.items()
+                  if "images_per_sec" not in k and not k.endswith("_seconds")})
   return out
 
 

@@ -90,3 +90,64 @@ def test_start_generation_regenerates_and_restarts_the_optimizer():
   same = generations.start_generation(state, tx, None, fresh, sharding)       # policy "none"
   chex.assert_trees_all_equal(same.params, state.params)
   assert all(not np.asarray(t).any() for t in jax.tree.leaves(same.opt_state))
+
+
+def _final(workdir):
+  import jax
+  from neurojax.train.experiment import load_run
+  _, _, state = load_run(str(workdir))
+  return jax.device_get(state.params), int(state.step)
+
+
+# DNR over 4 generations of 60 steps on the tiny MLP, a checkpoint every 10 steps.
+RESUME = ["--config.method=generations", "--config.generations.policy=dnr",
+          "--config.generations.num_generations=4", "--config.num_steps=60",
+          "--config.checkpoint_every_steps=10", "--config.eval_every_steps=1000",
+          "--config.log_every_steps=10"]
+
+
+def test_killed_in_generation_3_resumes_to_the_same_result(tmp_path):
+  import signal
+  import subprocess
+  import time
+  from cli import command, committed_steps, env, last_metrics, run
+  reference = tmp_path / "reference"
+  run(reference, *RESUME)
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(command(workdir, *RESUME), env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  # Generation 3 (index 2) runs steps 120..180; kill once it has a checkpoint.
+  while (not any(120 < s < 180 for s in committed_steps(workdir)) and time.time() < deadline
+         and proc.poll() is None):
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = committed_steps(workdir)[-1]
+  assert 120 < killed_at < 180, f"the kill missed generation 3: {committed_steps(workdir)}"
+  run(workdir, *RESUME)
+  params, step = _final(workdir)
+  ref_params, ref_step = _final(reference)
+  assert step == ref_step == 240
+  chex.assert_trees_all_equal(params, ref_params)               # bit-identical
+  assert last_metrics(workdir) == last_metrics(reference)
+  got, want = ([{k: v for k, v in row.items() if k != "mask_seconds"}    # a timing
+                 for row in json.loads((w / "results.json").read_text())["generations"]]
+               for w in (workdir, reference))
+  assert got == want
+  for g in (1, 2, 3):
+    chex.assert_trees_all_equal(generations.load_mask(str(workdir), g),
+                                generations.load_mask(str(reference), g))
+  # Another seed is another run.
+  other = tmp_path / "seed1"
+  run(other, *RESUME, "--config.seed=1")
+  assert not np.array_equal(_final(other)[0]["fc1"]["kernel"], ref_params["fc1"]["kernel"])
+
+
+def test_generation_keys_differ_and_follow_the_seed():
+  keys = np.asarray(generations.generation_keys(0, 11))
+  assert len({k.tobytes() for k in keys}) == 11
+  np.testing.assert_array_equal(keys, np.asarray(generations.generation_keys(0, 11)))
+  assert not np.array_equal(keys, np.asarray(generations.generation_keys(1, 11)))
+  # A longer run draws the same keys for its first generations.
+  np.testing.assert_array_equal(keys[:3], np.asarray(generations.generation_keys(0, 3)))

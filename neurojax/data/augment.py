@@ -140,13 +140,19 @@ def uses_rng(data_config) -> bool:
 def make_eval_transform(data_config) -> EvalTransform:
   """Deterministic geometry shared by eval (and non-RRC training).
 
-  With ``eval_resize > 0``: resize the shorter side to it, centre-crop
-  ``image_size``. Else with ``image_size > 0``: resize to image_size^2 (if
-  not already). Else: identity.
+  With ``eval_resize > 0``: resize the shorter side to it (or, with
+  ``resize_square``, the whole image to eval_resize^2, as the KE and DNR
+  loaders do), then centre-crop ``image_size``. Else with ``image_size > 0``:
+  resize to image_size^2 (if not already). Else: identity.
   """
   size, eval_resize = data_config.image_size, data_config.eval_resize
+  square = data_config.get('resize_square', False)
 
   def transform(image: np.ndarray) -> np.ndarray:
+    if eval_resize > 0 and square:
+      image = resize(image, eval_resize, eval_resize)
+      top = left = (eval_resize - size) // 2
+      return image[top:top + size, left:left + size]
     if eval_resize > 0:
       return resize_shorter_and_center_crop(image, eval_resize, size)
     if size > 0 and image.shape[:2] != (size, size):
@@ -159,7 +165,8 @@ def make_eval_transform(data_config) -> EvalTransform:
 def make_train_transform(data_config) -> TrainTransform:
   """Training augmentation from ``config.data``, in this order:
 
-  1. ``random_resized_crop`` to image_size if set, else the eval geometry;
+  1. ``random_resized_crop`` to image_size if set (of the eval_resize^2
+     image with ``resize_square``), else the eval geometry;
   2. ``crop_padding > 0``: random crop with zero padding;
   3. ``flip``: random horizontal flip.
 
@@ -169,8 +176,11 @@ def make_train_transform(data_config) -> TrainTransform:
   size, padding = data_config.image_size, data_config.crop_padding
   rrc, flip = data_config.random_resized_crop, data_config.flip
   geometry = make_eval_transform(data_config)
+  square = data_config.eval_resize if data_config.get('resize_square', False) else 0
 
   def transform(image, rng):
+    if rrc and square:
+      image = resize(image, square, square)
     image = random_resized_crop(image, size, rng) if rrc else geometry(image)
     if padding > 0:
       image = random_crop_with_padding(image, padding, rng)

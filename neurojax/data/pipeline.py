@@ -271,6 +271,11 @@ def validate_config(
       f' config.data.image_size <= eval_resize (got image_size='
       f'{d.image_size}); e.g. eval_resize=256, image_size=224.',
   )
+  _require(
+      not d.get('resize_square', False) or d.eval_resize > 0,
+      'config.data.resize_square=True resizes images to eval_resize^2; set'
+      ' config.data.eval_resize (e.g. 256) too.',
+  )
   mean, std = np.atleast_1d(d.mean), np.atleast_1d(d.std)
   _require(
       mean.ndim == 1 and std.ndim == 1 and mean.size and std.size,

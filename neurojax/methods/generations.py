@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -114,6 +116,13 @@ def load_mask(workdir: str, generation: int) -> dict | None:
             for p, s in shapes.items()}
 
 
+def generation_keys(seed: int, num_generations: int):
+  """The init key of each generation's re-drawn weights: distinct, a function of
+  the seed, and of the generation's index only (not of the run's length)."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+  return jax.vmap(lambda g: jax.random.fold_in(base, g))(jnp.arange(num_generations))
+
+
 def start_generation(state, tx, keep, fresh_params, sharding):
   """The state at a generation boundary: the weights `keep` drops are re-drawn
   from `fresh_params` (the kept ones stay bit-identical; `keep=None` resets
@@ -123,12 +132,14 @@ def start_generation(state, tx, keep, fresh_params, sharding):
   return jax.device_put(state.replace(params=params, opt_state=tx.init(params)), sharding)
 
 
-def _record(exp, workdir, generation, step, keep) -> None:
-  """Writes gen/reset and gen/overlap, and saves the mask for the next overlap."""
+def _record(exp, workdir, generation, step, keep, seconds) -> None:
+  """Writes gen/reset, gen/overlap and gen/mask_seconds (the wall-clock of
+  computing the mask, SNIP's forward/backward passes for DNR), and saves the
+  mask for the next overlap."""
   flat = _by_path(parallel.to_host(keep))
   reset, overlap = _counts(flat, load_mask(workdir, generation - 1))
   _save_mask(workdir, generation, flat)
-  record = {"generation": generation, "reset": reset}
+  record = {"generation": generation, "reset": reset, "mask_seconds": seconds}
   if overlap is not None:
     record["overlap"] = overlap
   exp.writer.write(step, record, prefix="gen/")
@@ -143,7 +154,7 @@ def run(config, workdir: str) -> dict:
   total = gen_steps * g.num_generations
   init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0],
                  out_shardings=parallel.replicated(exp.mesh))
-  keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), 7), g.num_generations)
+  keys = generation_keys(config.seed, g.num_generations)
   train_step = steps_lib.jit_train_step(
       steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
                               schedule=lambda s: exp.schedule(s % gen_steps)), exp.mesh)
@@ -160,8 +171,9 @@ def run(config, workdir: str) -> dict:
       if int(state.step) == start and generation > 0:
         keep = None
         if g.policy != "none":
-          keep = _keep_mask(config, exp, state, generation, start)
-          _record(exp, workdir, generation, start, keep)
+          began = time.perf_counter()
+          keep = jax.block_until_ready(_keep_mask(config, exp, state, generation, start))
+          _record(exp, workdir, generation, start, keep, time.perf_counter() - began)
         state = start_generation(state, exp.tx, keep, init(keys[generation]),
                                  parallel.replicated(exp.mesh))
       state = fit(state, train_step=train_step, batches=exp.data.train.batches(int(state.step)),
@@ -169,10 +181,10 @@ def run(config, workdir: str) -> dict:
                   log_every=config.log_every_steps, progress=progress, hooks=hooks)
   finally:
     exp.close(progress)
-  return _report(config, workdir, gen_steps)
+  return _report(config, workdir, gen_steps, exp.steps_per_epoch, config.batch_size)
 
 
-def _report(config, workdir, gen_steps) -> dict:
+def _report(config, workdir, gen_steps, steps_per_epoch, batch_size) -> dict:
   if jax.process_index() != 0:
     return {}
   by_step = metrics_by_step(workdir)
@@ -182,14 +194,23 @@ def _report(config, workdir, gen_steps) -> dict:
     rows.append({"generation": generation, "top1": by_step.get(end, {}).get("eval/top1"),
                  "top5": by_step.get(end, {}).get("eval/top5"),
                  "reset": by_step.get(start, {}).get("gen/reset", 0),
-                 "overlap": by_step.get(start, {}).get("gen/overlap")})
+                 "overlap": by_step.get(start, {}).get("gen/overlap"),
+                 "mask_seconds": by_step.get(start, {}).get("gen/mask_seconds")})
+  # One epoch's wall-clock, from the median training throughput.
+  speeds = [r["train/images_per_sec"] for r in by_step.values() if "train/images_per_sec" in r]
+  epoch_seconds = steps_per_epoch * batch_size / float(np.median(speeds)) if speeds else None
   results = {"policy": config.generations.policy, "model": config.model.name,
-             "generations": rows, "final_top1": rows[-1]["top1"]}
+             "epochs_per_generation": gen_steps / steps_per_epoch,
+             "epoch_seconds": epoch_seconds, "generations": rows, "final_top1": rows[-1]["top1"]}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   print(f"\n{config.model.name}: {config.generations.policy}, "
         f"{config.generations.num_generations} generations, workdir {workdir}")
-  print(format_table(rows, ["generation", "top1", "top5", "reset", "overlap"]))
+  print(format_table(rows, ["generation", "top1", "top5", "reset", "overlap", "mask_seconds"]))
+  masks = [r["mask_seconds"] for r in rows if r["mask_seconds"] is not None]
+  if masks and epoch_seconds:
+    print(f"computing a mask takes {np.median(masks):.2f} s (median), one epoch "
+          f"{epoch_seconds:.1f} s: {np.median(masks) / epoch_seconds:.3f} epochs")
   from neurojax.plots import plot_generations  # pylint: disable=g-import-not-at-top
   print("plot:", plot_generations(rows, os.path.join(workdir, "generations.png"),
                                   title=f"{config.model.name} {config.generations.policy}"))

@@ -4,7 +4,8 @@
              3x3/1 conv 64, BN, ReLU, no pool            (stem="small": 28-32 px images)
     layer1..4  [2,2,2,2] BasicBlocks (18), [3,4,6,3] (34, 50), [3,4,23,3] (101),
                [3,8,36,3] (152); Bottlenecks (expansion 4) from 50 on, with the
-               stride on the 3x3 conv (v1.5); widths 64, 128, 256, 512;
+               stride on the 3x3 conv (v1.5); widths 64, 128, 256, 512
+               (`width` scales them all: width=16 gives 16..128);
                a 1x1 conv + BN shortcut where the shape changes
     global average pool, fc with bias
 
@@ -71,6 +72,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   stem: str = "imagenet"
   conv_init: str = "fan_in"
+  width: int = 64                   # the stem's and layer1's width; later stages double it
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -78,16 +80,16 @@ class ResNet(nn.Module):
     init = CONV_INITS[self.conv_init]
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = conv(64, 7, 2, self.dtype, init, "conv1")(x)
+      x = conv(self.width, 7, 2, self.dtype, init, "conv1")(x)
     else:
-      x = conv(64, 3, 1, self.dtype, init, "conv1")(x)
+      x = conv(self.width, 3, 1, self.dtype, init, "conv1")(x)
     x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
     for stage, blocks in enumerate(self.layers):
       for b in range(blocks):
-        x = Block(64 * 2**stage, 2 if stage > 0 and b == 0 else 1, self.bottleneck, self.dtype,
-                  init, name=f"layer{stage + 1}_{b}")(x, train)
+        x = Block(self.width * 2**stage, 2 if stage > 0 and b == 0 else 1, self.bottleneck,
+                  self.dtype, init, name=f"layer{stage + 1}_{b}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return torch_dense(x, self.num_classes, self.dtype, name="fc")
 
@@ -100,7 +102,9 @@ def _resnet(depth: int):
   layers, bottleneck = _DEPTHS[depth]
 
   def factory(num_classes: int = 1000, dtype: Any = jnp.float32, stem: str = "imagenet",
-              conv_init: str = "fan_in"):
+              conv_init: str = "fan_in", width: int = 64):
+    if width < 1:
+      raise ValueError(f"config.model.width={width} must be >= 1 (64 is torchvision's)")
     if stem not in STEMS:
       raise ValueError(f"config.model.stem={stem!r} is not valid; choose one of: "
                        f"{', '.join(STEMS)}")
@@ -108,7 +112,7 @@ def _resnet(depth: int):
       raise ValueError(f"config.model.conv_init={conv_init!r} is not valid; choose one of: "
                        f"{', '.join(CONV_INITS)}")
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
-                  conv_init=conv_init, dtype=dtype)
+                  conv_init=conv_init, width=width, dtype=dtype)
   return factory
 
 

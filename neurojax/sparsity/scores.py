@@ -7,6 +7,8 @@ Structured scores (FPGM) have one value per output channel (the last axis).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -47,17 +49,22 @@ def snip(grad_fn, params, batches, masks, *, absolute_per_batch: bool = False):
 
 
 def ce_grad_fn(model, batch_stats):
-  """A jitted `grad_fn` for `snip`: mean cross-entropy, BN in eval mode."""
-  variables = (lambda p: {"params": p, "batch_stats": batch_stats}) if batch_stats else (
-      lambda p: {"params": p})
+  """A `grad_fn` for `snip`: mean cross-entropy, BN in eval mode with
+  `batch_stats`. Compiled once per model, whatever the statistics."""
+  grads = _ce_grads(model)
+  return lambda params, batch: grads(params, batch_stats or {}, batch)
 
+
+@functools.cache
+def _ce_grads(model):
   @jax.jit
-  def grad_fn(params, batch):
+  def grads(params, batch_stats, batch):
     def loss(p):
-      logits = model.apply(variables(p), batch["image"], train=False)
+      variables = {"params": p, **({"batch_stats": batch_stats} if batch_stats else {})}
+      logits = model.apply(variables, batch["image"], train=False)
       return jnp.mean(losses.cross_entropy(logits, batch["label"]))
     return jax.grad(loss)(params)
-  return grad_fn
+  return grads
 
 
 def filter_distances(kernel, alive=None):

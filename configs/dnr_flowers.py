@@ -1,0 +1,64 @@
+"""Dynamic Neural Regeneration (DNR, NeurIPS 2024) on Flowers102, ResNet-18.
+
+The recipe of METHODS.md section 4, for a TPU VM with TFDS
+`oxford_flowers102` prepared as array_record:
+
+    tfds build oxford_flowers102 --file_format=array_record
+    python -m neurojax.main --config=configs/dnr_flowers.py --workdir=DIR
+
+- torchvision's ResNet-18 (7x7 stem, max-pool), kaiming-normal fan-in init;
+- TFDS splits: train (1,020 images) for training, test (6,149) for the
+  reported top-1; `--config.data.eval_split=validation` evaluates on the
+  1,020 validation images instead, `--config.data.train_split=train+validation`
+  trains on both;
+- images resized to 256x256 (aspect not kept, as the original loaders), then
+  random-resized-crop 224 + flip for training, centre crop 224 for eval;
+  ImageNet mean/std;
+- SGD, momentum 0.9, weight decay 1e-4, label smoothing 0.1, lr 0.256 at
+  batch 32 (the other source: `--config.schedule.lr=0.253
+  --config.batch_size=256`), 5 warm-up epochs then cosine, restarted every
+  generation with a fresh optimizer;
+- 11 generations x 200 epochs; between generations SNIP (|w * sum |g||, BN in
+  eval mode, ceil(batches/32) batches) keeps the 80% most salient conv/fc
+  weights and re-draws the rest from the init distribution.
+
+`get_config(policy)` is shared by the KE, LLF, layer-wise and long-baseline
+configs next to this one, so they differ only in the mask policy.
+"""
+
+from neurojax.config import base_config
+
+
+def get_config(policy="dnr"):
+  c = base_config("resnet18")
+  c.method = "generations"
+  c.data.source = "tfds"
+  c.data.name = "oxford_flowers102"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = 224
+  c.data.eval_resize = 256
+  c.data.resize_square = True
+  c.data.random_resized_crop = True
+  c.data.flip = True
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.num_threads = 16
+  c.data.prefetch = 4
+  c.batch_size = 32
+  c.eval_batch_size = 256
+  c.num_epochs = 200.0                  # per generation
+  c.optimizer.weight_decay = 1e-4
+  c.schedule.lr = 0.256
+  c.schedule.warmup_epochs = 5.0
+  c.label_smoothing = 0.1
+  # An epoch is 1,020 // 32 = 31 steps. Evaluate every 50 epochs (every
+  # generation's end is evaluated anyway); checkpoint every 10.
+  c.eval_every_steps = 50 * 31
+  c.checkpoint_every_steps = 10 * 31
+  c.generations.policy = policy
+  c.generations.num_generations = 11
+  c.generations.keep = 0.8
+  c.generations.split_rate = 0.5
+  c.generations.reset_layer = "layer4"
+  return c
