@@ -21,7 +21,7 @@ def make_config(batch_size=16, eval_batch_size=32, seed=0, **data):
       source='idx', name='fashion_mnist', data_dir='', train_split='train',
       eval_split='test', per_class=0, subset_seed=0, num_classes=0,
       image_size=0, crop_padding=0, flip=False, random_resized_crop=False,
-      eval_resize=0, mean=(0.0,), std=(1.0,), synthetic_train_size=512,
+      eval_resize=0, resize_square=False, mean=(0.0,), std=(1.0,), synthetic_train_size=512,
       synthetic_eval_size=128, synthetic_shape=(8, 8, 1), num_threads=2,
       prefetch=2)
   defaults.update(data)
@@ -526,6 +526,35 @@ def test_tfds_per_class_and_bad_split(fake_flowers):
     nd.build_data(flowers_config(data_dir, per_class=3), 0, 1)
   with pytest.raises(nd.DataConfigError, match='nosuchsplit'):
     nd.build_data(flowers_config(data_dir, eval_split='nosuchsplit'), 0, 1)
+
+
+def test_dnr_flowers_config_reads_the_three_splits(fake_flowers):
+  """configs/dnr_flowers.py's data section on the fake dataset (at 56 px):
+  train+validation for training, test for eval, the 256x256-style square
+  resize before the centre crop, augmentation only in training."""
+  from neurojax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  config = load_config_file(os.path.join(os.path.dirname(__file__), '..', 'configs',
+                                         'dnr_flowers.py'))
+  assert (config.data.name, config.data.train_split, config.data.eval_split) == (
+      'oxford_flowers102', 'train', 'test')
+  d = config.data
+  d.data_dir, d.image_size, d.eval_resize = fake_flowers[0], 56, 64
+  d.train_split, d.num_threads = 'train+validation', 2
+  data = nd.build_data(config, 0, 1)
+  assert data.info.num_classes == 102
+  assert (data.info.num_train, data.info.num_eval) == (204 + 102, 21)
+  assert data.info.steps_per_epoch == 306 // 32
+  batch = data.train.batch(0)
+  chex.assert_shape(batch['image'], (32, 56, 56, 3))
+  raw = [data.eval.source[i]['image'] for i in range(21)]
+  expected = nd.normalize(np.stack([augment.resize(x, 64, 64)[4:60, 4:60] for x in raw]),
+                          d.mean, d.std)
+  got = np.concatenate([b['image'][b['mask'] > 0] for b in data.eval.batches()])
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  assert not np.allclose(data.train.batch(0)['image'], data.train.batch(0)['image'][:, :, ::-1])
+  d.eval_resize = 0
+  with pytest.raises(nd.DataConfigError, match='resize_square=True.*eval_resize'):
+    nd.validate_config(config)
 
 
 # ------------------------------------------------------------ throughput

@@ -151,3 +151,38 @@ def test_generation_keys_differ_and_follow_the_seed():
   assert not np.array_equal(keys, np.asarray(generations.generation_keys(1, 11)))
   # A longer run draws the same keys for its first generations.
   np.testing.assert_array_equal(keys[:3], np.asarray(generations.generation_keys(0, 3)))
+
+
+def _fake_run(path, policy, top1s, epochs=10.0):
+  path.mkdir()
+  rows = [{"generation": g, "top1": t, "reset": 0, "overlap": None} for g, t in enumerate(top1s)]
+  (path / "results.json").write_text(json.dumps(
+      {"policy": policy, "model": "resnet18", "epochs_per_generation": epochs,
+       "generations": rows, "final_top1": top1s[-1]}))
+  return str(path)
+
+
+def test_generation_summary_averages_seeds(tmp_path):
+  from neurojax import plots
+  runs = [_fake_run(tmp_path / "d0", "dnr", [0.5, 0.7]), _fake_run(tmp_path / "d1", "dnr", [0.6, 0.8]),
+          _fake_run(tmp_path / "long", "none", [0.65], epochs=20.0),
+          _fake_run(tmp_path / "short", "none", [0.5])]
+  rows = {r["method"]: r for r in plots.generation_summary(runs)}
+  assert set(rows) == {"resnet18 dnr", "resnet18 one generation of 20 epochs",
+                       "resnet18 one generation of 10 epochs"}
+  dnr = rows["resnet18 dnr"]
+  np.testing.assert_allclose([dnr["top1"], dnr["top1_std"]], [0.75, np.std([0.7, 0.8], ddof=1)])
+  assert dnr["runs"] == 2 and dnr["epochs"] == 20 and dnr["curve_epochs"] == [10, 20]
+  np.testing.assert_allclose(dnr["curve_top1"], [0.55, 0.75])
+  out = plots.plot_generation_summary(list(rows.values()), str(tmp_path / "g.png"))
+  assert (tmp_path / "g.png").stat().st_size > 10_000 and out.endswith("g.png")
+  with pytest.raises(ValueError, match="different lengths"):
+    plots.generation_summary(runs + [_fake_run(tmp_path / "d2", "dnr", [0.5, 0.6, 0.7])])
+  with pytest.raises(SystemExit, match="not both"):
+    plots.main(["--out", str(tmp_path / "x.png"), runs[0], _prune_run(tmp_path / "p")])
+
+
+def _prune_run(path):
+  path.mkdir()
+  (path / "results.json").write_text(json.dumps({"model": "lenet5", "rounds": []}))
+  return str(path)
