@@ -104,6 +104,7 @@ def plot_generations(rows: list[dict], path: str, title: str = "") -> str:
     twin.set(ylabel="kept-set overlap with previous", ylim=(0, 1.05))
   for ax in (ax_acc, ax_reset):
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
