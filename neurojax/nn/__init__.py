@@ -1,0 +1,7 @@
+"""neurojax layers for the brain-inspired methods (see each module)."""
+
+from neurojax.nn.gating import Gate
+from neurojax.nn.gating import GatedHead
+from neurojax.nn.gating import GatedLinear
+from neurojax.nn.gating import Kakuritsu
+from neurojax.nn.gating import gated_matmul
