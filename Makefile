@@ -16,7 +16,9 @@ PYTEST_ARGS ?=
 run: setup
 	$(PY) -m neurojax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: setup
+# The tests also need torch and torchvision (the `convert` extra): the
+# importer is checked against torchvision's ResNets.
+test: setup $(VENV)/.convert
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 setup: $(VENV)/.installed dataset
@@ -27,6 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+$(VENV)/.convert: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,convert]'
+	@touch $@
+
 dataset:
 	@if [ ! -d $(FMNIST_DIR) ]; then \
 	  echo "Installing Debian's dataset-fashion-mnist into $(FMNIST_DIR)"; \
@@ -34,8 +40,7 @@ dataset:
 	fi
 
 # Throughput against PyTorch eager (installs the `convert` extra: torch, torchvision).
-bench: setup
-	$(PY) -m pip install -q -e '.[test,convert]'
+bench: setup $(VENV)/.convert
 	$(PY) benchmarks/throughput.py
 
 clean:

@@ -1,0 +1,1 @@
+"""Weight importers. `python -m neurojax.convert.torchvision --help`."""

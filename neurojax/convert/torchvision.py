@@ -1,0 +1,171 @@
+"""Import torchvision ResNet weights into neurojax's ResNets.
+
+    python -m neurojax.convert.torchvision --arch resnet152 --weights IMAGENET1K_V1 --out DIR
+    python -m neurojax.convert.torchvision --arch resnet50 --state-dict resnet50.pth --out DIR
+
+`--weights` loads through torchvision (it downloads, so it needs the
+internet); `--state-dict` reads a saved state_dict with
+`torch.load(..., weights_only=True)`, which never unpickles code. A
+"module." prefix (nn.DataParallel) and a {"state_dict": ...} wrapper are
+accepted. Every key must map onto the model and every model variable must be
+filled, with matching shapes; anything else is an error naming the key.
+
+DIR gets an orbax checkpoint of {"params", "batch_stats"} (`variables/`)
+and `meta.json` (arch, num_classes, source); `load(DIR)` reads them back,
+and a config names DIR as its backbone init. torch and torchvision are the
+optional extra `neurojax[convert]`; nothing else in neurojax imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+class ConversionError(ValueError):
+  """A state_dict that does not fit the model (the message names the key)."""
+
+
+def _target(key: str, ndim: int) -> tuple[str, ...]:
+  """torchvision key -> (collection, module..., leaf) in neurojax's ResNet."""
+  *modules, leaf = key.split(".")
+  path = ".".join(modules)
+  path = re.sub(r"^(layer\d+)\.(\d+)", r"\1_\2", path)
+  path = path.replace("downsample.0", "downsample_conv").replace("downsample.1", "downsample_bn")
+  modules = path.split(".")
+  if leaf == "running_mean":
+    return ("batch_stats", *modules, "mean")
+  if leaf == "running_var":
+    return ("batch_stats", *modules, "var")
+  if leaf == "weight":
+    return ("params", *modules, "kernel" if ndim > 1 else "scale")
+  return ("params", *modules, leaf)
+
+
+def _to_flax(array: np.ndarray) -> np.ndarray:
+  if array.ndim == 4:                  # OIHW -> HWIO
+    return array.transpose(2, 3, 1, 0)
+  if array.ndim == 2:                  # [out, in] -> [in, out]
+    return array.T
+  return array
+
+
+def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3)) -> dict:
+  """{"params", "batch_stats"} for `model` from a torchvision ResNet
+  state_dict of numpy arrays (or tensors); raises ConversionError."""
+  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, *image_shape)))
+  flat = {tuple(k.key for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(dict(expected))[0]}
+  out, unexpected = {}, []
+  for key, value in state_dict.items():
+    if key.endswith("num_batches_tracked"):
+      continue
+    value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    target = _target(key, value.ndim)
+    if target not in flat:
+      unexpected.append(key)
+      continue
+    array = _to_flax(value)
+    if array.shape != flat[target].shape:
+      raise ConversionError(
+          f"{key}: shape {tuple(value.shape)} does not fit {'/'.join(target)} "
+          f"{tuple(flat[target].shape)} (after the layout change {tuple(array.shape)}); "
+          "is --arch right, and --num-classes?")
+    out[target] = array.astype(flat[target].dtype)
+  if unexpected:
+    raise ConversionError(f"unexpected key(s) for this model: {', '.join(unexpected[:10])}"
+                          + (" ..." if len(unexpected) > 10 else "") + "; is --arch right?")
+  missing = [".".join(t) for t in flat if t not in out]
+  if missing:
+    raise ConversionError(f"missing from the state_dict: {', '.join(missing[:10])}"
+                          + (" ..." if len(missing) > 10 else ""))
+  variables: dict = {}
+  for path, array in out.items():
+    node = variables
+    for name in path[:-1]:
+      node = node.setdefault(name, {})
+    node[path[-1]] = array
+  return variables
+
+
+def read_state_dict(path: str) -> dict:
+  """A state_dict from a .pth file, read with weights_only=True."""
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(f"cannot read {path} as a PyTorch state_dict "
+                          f"(torch.load with weights_only=True): {e}") from None
+  if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+    obj = obj["state_dict"]
+  if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+    raise ConversionError(f"{path} holds a {type(obj).__name__}, not a state_dict "
+                          "(a dict of parameter name -> tensor)")
+  return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def save(out: str, variables: dict, meta: dict) -> None:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(out)
+  os.makedirs(out, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(out, "variables"), variables, force=True)
+  with open(os.path.join(out, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+
+
+def load(directory: str) -> tuple[dict, dict]:
+  """(variables, meta) written by this converter."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  meta_path = os.path.join(directory, "meta.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{directory} is not a converted checkpoint (no meta.json); "
+                            "write one with python -m neurojax.convert.torchvision")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  with ocp.StandardCheckpointer() as checkpointer:
+    variables = checkpointer.restore(os.path.join(directory, "variables"))
+  return variables, meta
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m neurojax.convert.torchvision",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--arch", required=True, choices=ARCHS)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--weights", help="a torchvision weights name, e.g. IMAGENET1K_V1")
+  source.add_argument("--state-dict", help="a .pth state_dict file")
+  parser.add_argument("--out", required=True, help="the directory to write")
+  args = parser.parse_args(argv)
+  from neurojax import models  # pylint: disable=g-import-not-at-top
+  try:
+    if args.weights:
+      import torchvision  # pylint: disable=g-import-not-at-top
+      state_dict = torchvision.models.get_model(args.arch, weights=args.weights).state_dict()
+    else:
+      state_dict = read_state_dict(args.state_dict)
+    if "fc.weight" not in state_dict:
+      raise ConversionError("missing from the state_dict: fc.weight")
+    num_classes = int(state_dict["fc.weight"].shape[0])
+    variables = convert_state_dict(state_dict, models.get_model(args.arch,
+                                                                num_classes=num_classes))
+  except ConversionError as e:
+    sys.exit(f"neurojax.convert: {e}")
+  meta = {"arch": args.arch, "num_classes": num_classes,
+          "source": args.weights or os.path.abspath(args.state_dict)}
+  save(args.out, variables, meta)
+  count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
+  print(f"wrote {args.out}: {args.arch}, {num_classes} classes, {count:,} params")
+
+
+if __name__ == "__main__":
+  main()
