@@ -174,7 +174,7 @@ def generation_summary(workdirs: list[str]) -> list[dict]:
     gens, epochs = shapes.pop()
     per_gen = [_mean_std([run["generations"][g]["top1"] for run in runs]) for g in range(gens)]
     mean, std = per_gen[-1]
-    rows.append({"method": label, "runs": len(runs), "epochs": gens * epochs,
+    rows.append({"method": label, "runs": len(runs), "epochs": round(gens * epochs),
                  "top1": mean, "top1_std": std,
                  "curve_epochs": [(g + 1) * epochs for g in range(gens)],
                  "curve_top1": [m for m, _ in per_gen], "curve_std": [s for _, s in per_gen]})
@@ -188,7 +188,7 @@ def plot_generation_summary(rows: list[dict], path: str) -> str:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  fig, ax = plt.subplots(figsize=(10, 4.2))
   for row in rows:
     ax.errorbar(row["curve_epochs"], 100 * np.asarray(row["curve_top1"]),
                 yerr=100 * np.asarray(row["curve_std"]), marker="o", capsize=3,
@@ -196,7 +196,7 @@ def plot_generation_summary(rows: list[dict], path: str) -> str:
   ax.set(xlabel="epochs trained (generation ends)", ylabel="test top-1 (%)",
          title="test top-1 at the end of each generation (mean ± std over seeds)")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
