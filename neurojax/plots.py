@@ -215,7 +215,7 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--out", required=True, help="the PNG to write")
   args = parser.parse_args(argv)
   try:
-    generational = {"generations" in _results(w, "model", "finished") for w in args.workdirs}
+    generational = {"generations" in _results(w, "model", "neurojax") for w in args.workdirs}
     if generational == {True, False}:
       raise ValueError("give either prune runs or generational runs, not both")
     if generational == {True}:

@@ -193,7 +193,7 @@ def _report(config, workdir, gen_steps, steps_per_epoch, batch_size) -> dict:
     start, end = generation * gen_steps, (generation + 1) * gen_steps
     rows.append({"generation": generation, "top1": by_step.get(end, {}).get("eval/top1"),
                  "top5": by_step.get(end, {}).get("eval/top5"),
-                 "reset": by_step.get(start, {}).get("gen/reset", 0),
+                 "reset": int(by_step.get(start, {}).get("gen/reset", 0)),
                  "overlap": by_step.get(start, {}).get("gen/overlap"),
                  "mask_seconds": by_step.get(start, {}).get("gen/mask_seconds")})
   # One epoch's wall-clock, from the median training throughput.
