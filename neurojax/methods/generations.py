@@ -15,9 +15,9 @@ resume and metrics work as in any run. A reset is a pure function of the
 state at the boundary, the seed and the data, so a run killed in any
 generation and re-run ends exactly as one that never stopped.
 
-Per generation it records eval top-1, the number of weights reset and the
-overlap of the kept set with the previous generation's (`gen/*` metrics),
-prints a table and plots them (generations.png).
+Per generation it records eval top-1, the number of weights reset, the
+overlap of the kept set with the previous generation's and the seconds the
+mask took (`gen/*` metrics), prints a table and plots them (generations.png).
 """
 
 from __future__ import annotations
