@@ -25,15 +25,28 @@ def test_p1_is_the_plain_linear_layer_exactly():
   chex.assert_trees_all_equal(y, x @ kernel)
 
 
-def test_matches_a_hand_computation_with_the_documented_draws():
-  x, w = _data()
-  key, p = jax.random.PRNGKey(3), 0.3
+def _documented_mask(key, p, shape):
+  """The draws the module docstring documents, written out in NumPy."""
+  for m in (1, 2, 4, 8):
+    if float(p * 2**m).is_integer():
+      per_word = 32 // m
+      words = np.asarray(jax.random.bits(key, (shape[0], -(-shape[1] // per_word)), jnp.uint32))
+      values = [(words >> np.uint32(m * k)) & np.uint32(2**m - 1) for k in range(per_word)]
+      gates = np.stack(values, axis=-1).reshape(shape[0], -1)[:, :shape[1]]
+      return gates < round(p * 2**m)
+  return np.asarray(jax.random.bernoulli(key, p, shape))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])       # 1 bit, 2 bits, a uniform float per gate
+def test_matches_a_hand_computation_with_the_documented_draws(p):
+  x, w = _data(fan_in=70)                               # not a multiple of 32: a partial word
+  key = jax.random.PRNGKey(3)
   y = gated_matmul(x, w, key, p)
-  masks = np.stack([np.asarray(jax.random.bernoulli(jax.random.fold_in(key, j), p, x.shape))
+  masks = np.stack([_documented_mask(jax.random.fold_in(key, j), p, x.shape)
                     for j in range(w.shape[1])], axis=-1)       # [B, in, out]
   expected = np.einsum("bij,ij,bi->bj", masks.astype(np.float64), np.float64(w), np.float64(x))
   np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
-  assert 0.2 < masks.mean() < 0.4
+  assert abs(masks.mean() - p) < 0.05
 
 
 def test_block_size_changes_memory_not_results():
@@ -45,10 +58,11 @@ def test_block_size_changes_memory_not_results():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_mean_is_p_times_the_plain_output_and_samples_are_independent():
-  x, w = _data(batch=2, fan_in=16, fan_out=3)
+@pytest.mark.parametrize("p", [0.5, 0.75, 0.3])
+def test_mean_is_p_times_the_plain_output_and_samples_are_independent(p):
+  x, w = _data(batch=2, fan_in=40, fan_out=3)
   x = x.at[1].set(x[0])                            # two identical samples
-  p, n = 0.5, 4000
+  n = 4000
   ys = jax.vmap(lambda k: gated_matmul(x, w, k, p))(jax.random.split(jax.random.PRNGKey(0), n))
   plain = np.asarray(x @ w)
   # Var of one output: p(1-p) sum_i (w_ij x_i)^2; the mean of n draws is within 5 s.e.

@@ -10,12 +10,16 @@ ignored by the backward pass).
 
 Sampling, exactly and in bounded memory. The mask of column j (all samples,
 all inputs) is drawn from its own key, `fold_in(key, j)`, as a [B, in]
-Bernoulli array. The output is computed a block of columns at a time
+Bernoulli array (`column_mask`): when p is a multiple of 1/2^m for m in
+1, 2, 4, 8 (p=0.5: m=1), each gate reads m random bits of a uint32 word and
+is kept if they encode a value below p * 2^m. That is exact, and draws
+32/m gates per random word (36x faster than one uniform float per gate on
+this CPU at p=0.5); any other p compares one uniform float per gate. The output is computed a block of columns at a time
 (`lax.map`), so at most `max_elements` mask entries (and their random bits
-and products, about 16 bytes per entry in all) exist at once: batch 64 with
-a 2048 -> 1000 head makes blocks of 32 columns (4.2M entries; the compiled
-forward+backward needs 73 MiB of scratch on XLA:CPU) instead of one
-[64, 2048, 1000] float mask (524 MB). The draws do not depend on the block
+and products) exist at once: batch 64 with a 2048 -> 1000 head makes blocks
+of 32 columns (4.2M entries; at p=0.5 the compiled forward+backward of the
+K head needs 25 MiB of scratch on XLA:CPU) instead of one [64, 2048, 1000]
+float mask (524 MB). The draws do not depend on the block
 size, so changing `max_elements` changes memory, never results. Randomness
 comes from the Flax RNG stream "gate".
 """
@@ -30,7 +34,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MAX_ELEMENTS = 1 << 22       # mask entries sampled at once (about 16 bytes of scratch each)
+MAX_ELEMENTS = 1 << 22       # mask entries sampled at once, per block of columns
+
+
+def _bits_per_gate(p: float) -> int:
+  """The smallest m in (1, 2, 4, 8) with p * 2^m an integer, or 0."""
+  for m in (1, 2, 4, 8):
+    if float(p * 2**m).is_integer():
+      return m
+  return 0
+
+
+def column_mask(key, p: float, shape: tuple[int, int]):
+  """The bool [B, in] keep-mask of one output column, Bernoulli(p) exactly."""
+  m = _bits_per_gate(p)
+  if not m:
+    return jax.random.bernoulli(key, p, shape)
+  batch, fan_in = shape
+  per_word = 32 // m
+  words = jax.random.bits(key, (batch, math.ceil(fan_in / per_word)), jnp.uint32)
+  shifts = jnp.arange(0, 32, m, dtype=jnp.uint32)
+  values = (words[..., None] >> shifts) & jnp.uint32(2**m - 1)      # [B, words, 32/m]
+  return (values < jnp.uint32(round(p * 2**m))).reshape(batch, -1)[:, :fan_in]
 
 
 def gated_matmul(x, kernel, key, p: float, max_elements: int = MAX_ELEMENTS):
@@ -47,8 +72,8 @@ def gated_matmul(x, kernel, key, p: float, max_elements: int = MAX_ELEMENTS):
 
   def one_block(args):
     cols, w = args                                                 # [block], [block, in]
-    keep = jax.vmap(lambda j: jax.random.bernoulli(jax.random.fold_in(key, j), p,
-                                                   (batch, fan_in)))(cols)   # [block, B, in]
+    keep = jax.vmap(lambda j: column_mask(jax.random.fold_in(key, j), p,
+                                          (batch, fan_in)))(cols)   # [block, B, in]
     return jnp.einsum("bi,cbi,ci->bc", x, keep.astype(x.dtype), w)
 
   y = jax.lax.map(one_block, (columns, kernels))                   # [blocks, B, block]
