@@ -78,7 +78,7 @@ def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3)) -> di
       raise ConversionError(
           f"{key}: shape {tuple(value.shape)} does not fit {'/'.join(target)} "
           f"{tuple(flat[target].shape)} (after the layout change {tuple(array.shape)}); "
-          "is --arch right, and --num-classes?")
+          "is --arch right?")
     out[target] = array.astype(flat[target].dtype)
   if unexpected:
     raise ConversionError(f"unexpected key(s) for this model: {', '.join(unexpected[:10])}"
