@@ -18,11 +18,24 @@ import numpy as np
 from neurojax.train.writers import read_metrics
 
 
-def plot_training_curves(workdir: str, path: str | None = None) -> str:
-  """Train loss, and train/eval top-1, against epoch; returns the PNG's path."""
+def _pyplot():
+  """matplotlib.pyplot on the Agg backend (no display), imported on first use."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _pyplot().close(fig)
+  return path
+
+
+def plot_training_curves(workdir: str, path: str | None = None) -> str:
+  """Train loss, and train/eval top-1, against epoch; returns the PNG's path."""
+  plt = _pyplot()
 
   records = read_metrics(workdir)
   train = [r for r in records if "train/loss" in r]
@@ -43,11 +56,7 @@ def plot_training_curves(workdir: str, path: str | None = None) -> str:
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
   fig.suptitle(os.path.basename(os.path.abspath(workdir)))
-  fig.tight_layout()
-  path = path or os.path.join(workdir, "curves.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path or os.path.join(workdir, "curves.png"))
 
 
 def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
@@ -55,9 +64,7 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
   """One curve per label (e.g. "lenet_300_100 magnitude/global"); each is the
   `rounds` list of a prune run's results.json (sparsity, compression, top1,
   and optionally top1_std, drawn as error bars)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(6.4 + (2.6 if len(curves) > 2 else 0), 4.2))
   most = 1.0
@@ -78,18 +85,13 @@ def plot_accuracy_vs_sparsity(curves: dict[str, list[dict]], path: str,
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
   else:
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_generations(rows: list[dict], path: str, title: str = "") -> str:
   """Test top-1 at the end of each generation, and the weights reset and
   the mask overlap with the previous generation at its start."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   fig, (ax_acc, ax_reset) = plt.subplots(1, 2, figsize=(10, 3.8))
   gens = [r["generation"] for r in rows if r["top1"] is not None]
@@ -104,12 +106,9 @@ def plot_generations(rows: list[dict], path: str, title: str = "") -> str:
     twin.set(ylabel="kept-set overlap with previous", ylim=(0, 1.05))
   for ax in (ax_acc, ax_reset):
     ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
@@ -131,10 +130,8 @@ def pruning_curves(workdirs: list[str]) -> dict[str, list[dict]]:
                        "compare runs of one schedule")
     curve = []
     for i, first in enumerate(runs[0]["rounds"]):
-      top1 = np.array([run["rounds"][i]["top1"] for run in runs])
-      std = float(top1.std(ddof=1)) if len(runs) > 1 else 0.0
-      curve.append({**first, "top1": float(top1.mean()), "top1_std": std,
-                    "runs": len(runs)})
+      mean, std = _mean_std([run["rounds"][i]["top1"] for run in runs])
+      curve.append({**first, "top1": mean, "top1_std": std, "runs": len(runs)})
     curves[f"{label} (n={len(runs)})" if len(runs) > 1 else label] = curve
   return curves
 
@@ -184,9 +181,7 @@ def generation_summary(workdirs: list[str]) -> list[dict]:
 def plot_generation_summary(rows: list[dict], path: str) -> str:
   """Test top-1 against epochs trained, one curve per method (a point at the
   end of each generation, seeds' mean with sample-std bars)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
 
   fig, ax = plt.subplots(figsize=(10, 4.2))
   for row in rows:
@@ -197,10 +192,7 @@ def plot_generation_summary(rows: list[dict], path: str) -> str:
          title="test top-1 at the end of each generation (mean ± std over seeds)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def main(argv: list[str]) -> None:
