@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -48,6 +49,7 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_exclude="",
+      freeze="",                    # regex on param paths never updated, e.g. "^backbone/"
       b1=0.9, b2=0.999, eps=1e-8))
   c.schedule = ml_collections.ConfigDict(dict(
       name="cosine", lr=0.05, warmup_epochs=0.0, final_lr_fraction=0.0, milestones=(0,),
@@ -82,6 +84,21 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
       snip_batches=0,               # dnr: 0 = ceil(batches per epoch / 32)
       split_rate=0.5,               # ke: the fraction of channels kept
       reset_layer="layer4"))        # llf: re-draw from this stage on
+
+  # method="kakuritsu": gated heads (K, D, W) on a backbone, and the eval matrix.
+  c.kakuritsu = ml_collections.ConfigDict(dict(
+      backbone="",                  # a converted torchvision checkpoint or a neurojax workdir
+      pretrain_epochs=0.0,          # > 0: train config.model here first, as the backbone
+      pretrain_lr=0.0,              # its lr (0: schedule.lr)
+      pretrain_schedule="",         # its schedule.name ("": schedule.name)
+      train_backbone=False,         # True: train the whole network (from scratch, or fine-tune)
+      backbone_bn="batch",          # batch (the original: BN in train mode) | running
+      heads=("K", "D", "W"),
+      hidden=1000,                  # the heads' hidden width
+      p=0.5,                        # K's keep probability
+      dropout=0.5,                  # D's dropout rate
+      eval_p=0.5,                   # the "kakuritsu" eval mode's keep probability
+      eval_dropout=0.5))            # the "dropout" eval mode's rate
 
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
@@ -136,6 +153,12 @@ def validate(config) -> None:
   _choice(config.compute_dtype, "compute_dtype", tuple(models.DTYPES))
   _choice(config.optimizer.name, "optimizer.name", OPTIMIZERS)
   _choice(config.schedule.name, "schedule.name", SCHEDULES)
+  for field in ("weight_decay_exclude", "freeze"):
+    try:
+      re.compile(config.optimizer[field])
+    except re.error as e:
+      raise ConfigError(f"config.optimizer.{field}={config.optimizer[field]!r} is not a valid "
+                        f"regular expression: {e}") from None
   _positive(config, "batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints")
   _positive(config, "num_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps",
             "schedule.lr", "schedule.warmup_epochs", "optimizer.weight_decay", allow_zero=True)

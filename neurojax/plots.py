@@ -5,6 +5,9 @@ of each model and method:
 
     python -m neurojax.plots --out pruning.png runs/prune300_s0 runs/prune300_s1 runs/prune5
     python -m neurojax.plots --out generations.png runs/dnr_s0 runs/dnr_s1 runs/ke_s0 ...
+    python -m neurojax.plots --out eval_matrix.png runs/kakuritsu_s0 runs/kakuritsu_s1 ...
+
+Kakuritsu runs give the eval matrix (heads x eval modes) averaged over seeds.
 """
 
 from __future__ import annotations
@@ -195,6 +198,47 @@ def plot_generation_summary(rows: list[dict], path: str) -> str:
   return _save(fig, path)
 
 
+def eval_matrix_summary(workdirs: list[str]) -> dict:
+  """The eval matrices of kakuritsu runs (seeds), averaged: {head: {mode:
+  {"top1", "top1_std", "top5", "top5_std"}}} (fractions; sample std)."""
+  runs = [_results(w, "heads", "kakuritsu") for w in workdirs]
+  layout = {h: sorted(e["eval"]) for h, e in runs[0]["heads"].items()}
+  for w, r in zip(workdirs, runs):
+    if {h: sorted(e["eval"]) for h, e in r["heads"].items()} != layout:
+      raise ValueError(f"{w} has other heads or eval modes than {workdirs[0]}")
+  summary = {}
+  for head, modes in layout.items():
+    summary[head] = {}
+    for mode in modes:
+      entry = {}
+      for metric in ("top1", "top5"):
+        mean, std = _mean_std([r["heads"][head]["eval"][mode][metric] for r in runs])
+        entry.update({metric: mean, f"{metric}_std": std})
+      summary[head][mode] = entry
+  return summary
+
+
+def plot_eval_matrix(matrix: dict, path: str, title: str = "") -> str:
+  """Grouped bars: Acc1 of every head (groups) under every eval mode (bars),
+  with std error bars when `matrix` is a seeds' summary."""
+  plt = _pyplot()
+  heads = list(matrix)
+  modes = list(matrix[heads[0]])
+  width = 0.8 / len(modes)
+  fig, ax = plt.subplots(figsize=(7.5, 4))
+  for i, mode in enumerate(modes):
+    x = np.arange(len(heads)) + (i - (len(modes) - 1) / 2) * width
+    top1 = [100 * matrix[h][mode]["top1"] for h in heads]
+    std = [100 * (matrix[h][mode].get("top1_std") or 0.0) for h in heads]
+    bars = ax.bar(x, top1, width, yerr=std if any(std) else None, capsize=3, label=mode)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+  ax.set_xticks(np.arange(len(heads)), [f"head {h}" for h in heads])
+  ax.set(ylabel="eval Acc1 (%)", title=title or "heads x eval modes")
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(title="eval mode", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  return _save(fig, path)
+
+
 def main(argv: list[str]) -> None:
   import argparse  # pylint: disable=g-import-not-at-top
   from neurojax.train.writers import format_table  # pylint: disable=g-import-not-at-top
@@ -207,6 +251,16 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--out", required=True, help="the PNG to write")
   args = parser.parse_args(argv)
   try:
+    if all("heads" in _results(w, "model", "neurojax") for w in args.workdirs):
+      summary = eval_matrix_summary(args.workdirs)
+      rows = [{"head": h, **{m: f"{100 * v['top1']:.2f} ± {100 * v['top1_std']:.2f} / "
+                                f"{100 * v['top5']:.2f} ± {100 * v['top5_std']:.2f}"
+                             for m, v in modes.items()}} for h, modes in summary.items()]
+      print(f"Acc1 / Acc5 (%), mean ± std over {len(args.workdirs)} runs")
+      print(format_table(rows, list(rows[0])))
+      print("\nplot:", plot_eval_matrix(summary, args.out,
+                                        f"heads x eval modes, mean of {len(args.workdirs)} runs"))
+      return
     generational = {"generations" in _results(w, "model", "neurojax") for w in args.workdirs}
     if generational == {True, False}:
       raise ValueError("give either prune runs or generational runs, not both")

@@ -8,6 +8,7 @@ _METHODS = {
     "supervised": "neurojax.methods.supervised",
     "prune": "neurojax.methods.prune",
     "generations": "neurojax.methods.generations",
+    "kakuritsu": "neurojax.methods.kakuritsu",
 }
 
 

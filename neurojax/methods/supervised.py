@@ -13,6 +13,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from absl import logging
 
 from neurojax.plots import plot_training_curves
@@ -23,7 +24,13 @@ from neurojax.train.writers import format_table, read_metrics
 
 
 def run(config, workdir: str) -> dict:
-  exp = setup(config, workdir)
+  return train(config, workdir)[0]
+
+
+def train(config, workdir: str, **setup_options):
+  """Trains (or resumes) to the end and reports; returns (results, final
+  state). `setup_options` go to `setup` (data, model, initial)."""
+  exp = setup(config, workdir, **setup_options)
   train_step = steps_lib.jit_train_step(
       steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
                               schedule=exp.schedule), exp.mesh)
@@ -48,17 +55,21 @@ def run(config, workdir: str) -> dict:
     logging.warning("the train step was compiled %d times; something changes shape or dtype "
                     "between steps", compiles)
   if jax.process_index() != 0:
-    return {}
+    return {}, state
+  records = read_metrics(workdir)
   history = [{"step": r["step"], "epoch": r["step"] / exp.steps_per_epoch,
               **{k[len("eval/"):]: v for k, v in r.items() if k.startswith("eval/")}}
-             for r in read_metrics(workdir) if "eval/top1" in r]
+             for r in records if "eval/top1" in r]
+  speeds = [r["train/images_per_sec"] for r in records if "train/images_per_sec" in r]
   results = {
       "model": config.model.name,
       "dataset": ("synthetic" if config.data.source == "synthetic"
                   else f"{config.data.source}:{config.data.name}"),
       "steps": exp.num_steps, "epochs": exp.num_steps / exp.steps_per_epoch,
       "resumed_from": exp.resumed_from, "train_seconds_this_run": time.perf_counter() - start,
-      "train_step_compiles": compiles, "final": history[-1], "evals": history,
+      "train_step_compiles": compiles,
+      "images_per_sec": float(np.median(speeds)) if speeds else None,   # training, median
+      "final": history[-1], "evals": history,
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -69,4 +80,4 @@ def run(config, workdir: str) -> dict:
   print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
   print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
         f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")
-  return results
+  return results, state

@@ -2,7 +2,8 @@
 
 from neurojax.models import lenet, resnet, resnet_cifar  # noqa: F401  (registers the models)
 from neurojax.models.registry import (DTYPES, ChannelGroup, channel_groups, default_options,
-                                      get_model, names, options, register, width_option)
+                                      get_model, is_backbone, names, options, register,
+                                      width_option)
 
-__all__ = ["DTYPES", "ChannelGroup", "channel_groups", "default_options", "get_model", "names",
+__all__ = ["DTYPES", "ChannelGroup", "channel_groups", "default_options", "get_model", "is_backbone", "names",
            "options", "register", "width_option"]

@@ -50,6 +50,11 @@ def width_option(name: str) -> str:
   return _MODELS[name].width_option
 
 
+def is_backbone(name: str) -> bool:
+  """Whether model `name` built with num_classes=0 returns pooled features."""
+  return getattr(_MODELS.get(name), "backbone", False)
+
+
 def names() -> list[str]:
   return sorted(_MODELS)
 

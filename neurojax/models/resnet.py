@@ -7,7 +7,8 @@
                stride on the 3x3 conv (v1.5); widths 64, 128, 256, 512
                (`width` scales them all: width=16 gives 16..128);
                a 1x1 conv + BN shortcut where the shape changes
-    global average pool, fc with bias
+    global average pool, fc with bias (num_classes=0: no fc; the model returns
+    the pooled features, e.g. 2048-d for ResNet-50/152, as a backbone)
 
 Padding is PyTorch's, written out: k//2 on each side, so stride-2 convs and
 the max-pool match torchvision exactly (never the asymmetric 'SAME').
@@ -91,6 +92,8 @@ class ResNet(nn.Module):
         x = Block(self.width * 2**stage, 2 if stage > 0 and b == 0 else 1, self.bottleneck,
                   self.dtype, init, name=f"layer{stage + 1}_{b}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
+    if not self.num_classes:          # a backbone: the pooled features (torchvision's fc=Identity)
+      return x
     return torch_dense(x, self.num_classes, self.dtype, name="fc")
 
 
@@ -113,6 +116,7 @@ def _resnet(depth: int):
                        f"{', '.join(CONV_INITS)}")
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
                   conv_init=conv_init, width=width, dtype=dtype)
+  factory.backbone = True
   return factory
 
 

@@ -2,7 +2,7 @@
 
 A 3x3 conv with 16 channels, three stages of n BasicBlocks (16, 32, 64
 channels; stride 2 at the start of stages 2 and 3), global average pooling
-and a linear classifier. Shortcuts are option A (identity; when the shape
+and a linear classifier (none with num_classes=0: the pooled features). Shortcuts are option A (identity; when the shape
 changes, subsample by 2 and zero-pad the new channels), as in the paper.
 BN running statistics live in the `batch_stats` collection, which the train
 state carries. Convs have no bias and use kaiming_normal(fan_in).
@@ -76,6 +76,8 @@ class CifarResNet(nn.Module):
     for (name, features, stride), w in zip(blocks, inner):
       x = BasicBlock(features, stride, self.dtype, inner=w, name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
+    if not self.num_classes:          # a backbone: the pooled features
+      return x
     return torch_dense(x, self.num_classes, self.dtype, name="fc")
 
 
@@ -96,6 +98,7 @@ def _cifar_resnet(depth: int):
   factory.__annotations__ = {"width": int, "block_widths": tuple}
   factory.channel_groups = channel_groups
   factory.width_option = "block_widths"
+  factory.backbone = True
   return factory
 
 

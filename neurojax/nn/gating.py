@@ -188,3 +188,45 @@ class GatedHead(nn.Module):
     x = GatedLinear(self.hidden, init, self.max_elements, self.dtype, name="fc1")(x, gate)
     x = nn.relu(x)
     return GatedLinear(self.num_classes, init, self.max_elements, self.dtype, name="fc2")(x, gate)
+
+
+class OnBackbone(nn.Module):
+  """`backbone` (a model built with num_classes=0: pooled features) -> `head`.
+
+  Params and BN statistics live under "backbone" and "head". Training uses
+  the head's `gate`; `model(x, train=False)` is the deterministic "switch"
+  evaluation, and `gate=` evaluates under any other `Gate`.
+  `freeze_backbone` stops gradients at the features (pair it with
+  `config.optimizer.freeze="^backbone/"`). `backbone_bn` is the backbone's
+  BatchNorm while training: "batch" normalises with the batch's statistics
+  and updates the running ones (the original: the frozen backbone stayed in
+  train mode), "running" uses the running statistics and leaves them alone.
+  """
+  backbone: nn.Module
+  head: nn.Module
+  gate: Gate = Gate()
+  freeze_backbone: bool = True
+  backbone_bn: str = "batch"
+
+  BACKBONE_BN = ("batch", "running")
+
+  def features(self, x, train: bool = False):
+    """The backbone's pooled features (no gradient when frozen)."""
+    if self.backbone_bn not in self.BACKBONE_BN:
+      raise ValueError(f"backbone_bn={self.backbone_bn!r} is not valid; choose one of: "
+                       f"{', '.join(self.BACKBONE_BN)}")
+    bn_train = train and (self.backbone_bn == "batch" or not self.freeze_backbone)
+    features = self.backbone(x, train=bn_train)
+    if features.ndim != 2:
+      raise ValueError(f"the backbone gives features of shape {features.shape}; build it with "
+                       "num_classes=0 so that it returns pooled [batch, features]")
+    return jax.lax.stop_gradient(features) if self.freeze_backbone else features
+
+  def classify(self, features, gate: Gate):
+    """The head's logits under `gate` (needs only the head's params)."""
+    return self.head(features, gate)
+
+  def __call__(self, x, train: bool = False, gate: Gate | None = None):
+    if gate is None:
+      gate = self.gate if train else Gate()
+    return self.classify(self.features(x, train), gate)

@@ -100,11 +100,13 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 
 def build_model_and_optimizer(config, num_classes: int, image_shape, steps_per_epoch: int,
-                              num_steps: int):
-  """(model, lr schedule, optax transformation) for `config`."""
-  model_options = {k: v for k, v in config.model.items() if k != "name"}
-  model = models.get_model(config.model.name, num_classes=num_classes,
-                           dtype=config.compute_dtype, **model_options)
+                              num_steps: int, model=None):
+  """(model, lr schedule, optax transformation) for `config`; `model`, if
+  given, replaces `config.model`'s."""
+  if model is None:
+    model_options = {k: v for k, v in config.model.items() if k != "name"}
+    model = models.get_model(config.model.name, num_classes=num_classes,
+                             dtype=config.compute_dtype, **model_options)
   schedule = make_schedule(config.schedule, steps_per_epoch, num_steps)
   abstract_params = jax.eval_shape(lambda k: init_variables(model, k, image_shape)[0],
                                    jax.random.PRNGKey(0))
@@ -163,11 +165,15 @@ def _unflatten(flat: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def setup(config, workdir: str, *, data=None, with_masks: bool = False) -> Experiment:
+def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=None,
+          initial=None) -> Experiment:
   """Builds everything for `config` and resumes from `workdir` if it holds a run.
 
   `with_masks=True` gives the fresh state all-True masks on the eligible
   weights (`config.sparsity.include/exclude`), for methods that prune.
+  `model` replaces the one `config.model` names; `initial(state) -> state`
+  changes the fresh state (e.g. loads pretrained weights) when there is no
+  checkpoint to resume from.
   """
   # pylint: disable=g-import-not-at-top
   from neurojax.config import validate
@@ -180,12 +186,13 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False) -> Exper
   parallel.check_batch_size(config.batch_size, "batch_size", mesh)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   os.makedirs(workdir, exist_ok=True)
-  _check_or_save_config(config, workdir)
+  check_or_save_config(config, workdir)
 
   data = data or build_data(config)
   num_steps = total_steps(config, data.info.steps_per_epoch)
   model, schedule, tx = build_model_and_optimizer(
-      config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps)
+      config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps,
+      model)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
                              parallel.replicated(mesh))
   if with_masks:
@@ -196,6 +203,8 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False) -> Exper
                                        async_save=config.async_checkpoint)
   restored = checkpointer.restore_latest(state)
   resumed_from = None
+  if restored is None and initial is not None:
+    state = jax.device_put(initial(state), parallel.replicated(mesh))
   if restored is not None:
     state, meta = restored
     resumed_from = int(meta["step"])
@@ -220,7 +229,7 @@ def _flatten(config, prefix="") -> dict:
   return out
 
 
-def _check_or_save_config(config, workdir: str) -> None:
+def check_or_save_config(config, workdir: str) -> None:
   """Saves the resolved config; on resume, refuses a config that changed."""
   path = os.path.join(workdir, "config.json")
   current = _flatten(config)

@@ -4,7 +4,9 @@ For SGD, decay is coupled L2 as in PyTorch (`grad += wd * w` before
 momentum): `add_decayed_weights` then `sgd`. For AdamW it is decoupled.
 `weight_decay_exclude` is a regex on the '/'-joined param path (e.g.
 `bias|scale` to spare biases and norm scales); '' decays everything, as
-PyTorch's default does.
+PyTorch's default does. `freeze` is a regex too: the params it matches are
+never updated (no gradient step, no decay, no optimizer state), e.g.
+`^backbone/` to train only a head on a frozen backbone.
 """
 
 from __future__ import annotations
@@ -19,11 +21,31 @@ from neurojax.tree import path_str
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+def _matches(pattern: str):
+  """params -> a bool tree: True where the param's path matches `pattern`."""
+  regex = re.compile(pattern)
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda p, _: bool(regex.search(path_str(p))), params)
+
+
 def decay_mask(params, exclude: str):
+  """The params weight decay applies to (a function of the params, so it also
+  fits the part of the tree a `freeze` leaves trainable), or None for all."""
+  del params
   if not exclude:
     return None
-  pattern = re.compile(exclude)
-  return jax.tree_util.tree_map_with_path(lambda p, _: not pattern.search(path_str(p)), params)
+  excluded = _matches(exclude)
+  return lambda params: jax.tree.map(lambda x: not x, excluded(params))
+
+
+def freeze(tx: optax.GradientTransformation, params, pattern: str):
+  """`tx` on the params not matching `pattern`; the others get zero updates
+  and no optimizer state."""
+  frozen = _matches(pattern)(params)
+  if not any(jax.tree.leaves(frozen)):
+    raise ValueError(f"config.optimizer.freeze={pattern!r} matches no parameter")
+  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
@@ -33,7 +55,8 @@ def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
   keeps its pruned weights and their moments at exactly zero.
   """
   from neurojax.sparsity.transform import masked  # pylint: disable=g-import-not-at-top
-  return masked(_make_optimizer(cfg, schedule, params))
+  tx = _make_optimizer(cfg, schedule, params)
+  return masked(freeze(tx, params, cfg.freeze) if cfg.freeze else tx)
 
 
 def _make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:

@@ -28,16 +28,18 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
                   schedule: Callable | None = None):
   """The pure (unjitted) train step: `(state, batch) -> (state, metrics)`.
 
-  The step's key is `fold_in(state.rng, state.step)`. Metrics are global
-  batch means: loss, top1, top5 and (with `schedule`) lr.
+  The step's key is `fold_in(state.rng, state.step)`: the "dropout" RNG
+  stream's, and folded with 1, the "gate" stream's (`nn.gating`). Metrics
+  are global batch means: loss, top1, top5 and (with `schedule`) lr.
   """
   def step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
+    rngs = {"dropout": key, "gate": jax.random.fold_in(key, 1)}
 
     def loss_fn(params):
       logits, updates = model.apply(
           model_variables(params, state.batch_stats), batch["image"], train=True,
-          rngs={"dropout": key}, mutable=["batch_stats"])
+          rngs=rngs, mutable=["batch_stats"])
       per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
       return jnp.mean(per_example), (logits, per_example, updates)
 

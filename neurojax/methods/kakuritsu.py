@@ -1,0 +1,300 @@
+"""myKakuritsu (METHODS.md section 1): gated heads on a backbone, and the eval matrix.
+
+    backbone <- kakuritsu.backbone: a converted torchvision checkpoint
+                (python -m neurojax.convert.torchvision) or a neurojax
+                workdir; or, with kakuritsu.pretrain_epochs > 0, config.model
+                trained here first (<workdir>/backbone); or random (with
+                kakuritsu.train_backbone: the whole network from scratch)
+    for head in kakuritsu.heads (K, D, W):
+        train it on the backbone (frozen unless train_backbone), in
+        <workdir>/heads/<head>: a supervised run, resumable on its own
+    for every head x eval mode (its own gate, switch, Kakuritsu p, Dropout):
+        Acc1 and Acc5 on the eval split
+    -> a table, <workdir>/results.json and <workdir>/eval_matrix.png
+
+The heads (nn.gating.GatedHead, on the pooled features):
+    K: Kakuritsu(in->hidden, p) -> ReLU -> Kakuritsu(hidden->classes, p), U(-0.1, 0.1)
+    D: Linear -> Dropout -> ReLU -> Linear -> Dropout (bias-free; on the logits too)
+    W: Linear -> ReLU -> Linear (bias-free)
+Eval modes: "own" is the head's training gate (K: Kakuritsu p, D: dropout
+on, W: none), "switch" is the plain deterministic head (p=1, dropout off),
+"kakuritsu" gates any head at `eval_p` and "dropout" applies dropout
+`eval_dropout`. The random modes draw their gates from
+fold_in(seed, batch, mode), the same for every head, so heads are compared
+on the same draws. Every head trains on the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from neurojax import models, parallel
+from neurojax.methods import supervised
+from neurojax.nn.gating import Gate, GatedHead, OnBackbone
+from neurojax.train import losses
+from neurojax.train.schedules import SCHEDULES
+from neurojax.train.experiment import check_or_save_config, load_run
+from neurojax.train.steps import model_variables
+from neurojax.train.writers import format_table
+from neurojax.tree import path_str
+
+HEADS = ("K", "D", "W")
+MODES = ("own", "switch", "kakuritsu", "dropout")
+
+
+class BackboneError(ValueError):
+  """A backbone checkpoint that does not fit config.model (names the key)."""
+
+
+def validate(config) -> None:
+  k = config.kakuritsu
+  if not k.heads or any(h not in HEADS for h in k.heads):
+    raise ValueError(f"config.kakuritsu.heads={tuple(k.heads)} must be a non-empty subset of "
+                     f"{HEADS}")
+  if k.backbone_bn not in OnBackbone.BACKBONE_BN:
+    raise ValueError(f"config.kakuritsu.backbone_bn={k.backbone_bn!r} is not valid; choose one "
+                     f"of: {', '.join(OnBackbone.BACKBONE_BN)}")
+  for field in ("p", "eval_p"):
+    if not 0.0 < k[field] <= 1.0:
+      raise ValueError(f"config.kakuritsu.{field}={k[field]} must be in (0, 1]: the probability "
+                       "of keeping a synapse (the original used 0.5)")
+  for field in ("dropout", "eval_dropout"):
+    if not 0.0 <= k[field] < 1.0:
+      raise ValueError(f"config.kakuritsu.{field}={k[field]} must be in [0, 1)")
+  if k.hidden < 1:
+    raise ValueError(f"config.kakuritsu.hidden={k.hidden} must be >= 1")
+  if k.pretrain_schedule and k.pretrain_schedule not in SCHEDULES:
+    raise ValueError(f"config.kakuritsu.pretrain_schedule={k.pretrain_schedule!r} is not valid; "
+                     f"choose one of: {', '.join(SCHEDULES)} (or '' for config.schedule.name)")
+  if k.pretrain_epochs < 0:
+    raise ValueError(f"config.kakuritsu.pretrain_epochs={k.pretrain_epochs} must be >= 0")
+  if k.backbone and k.pretrain_epochs:
+    raise ValueError("set config.kakuritsu.backbone (a checkpoint to start from) or "
+                     "config.kakuritsu.pretrain_epochs (train the backbone here first), not both")
+  if k.backbone and not os.path.isdir(k.backbone):
+    raise ValueError(f"config.kakuritsu.backbone={k.backbone!r} is not a directory; give a "
+                     "converted checkpoint (python -m neurojax.convert.torchvision --out DIR) "
+                     "or a neurojax workdir")
+  if not (k.backbone or k.pretrain_epochs or k.train_backbone):
+    raise ValueError("the heads would train on a random frozen backbone: set "
+                     "config.kakuritsu.backbone, config.kakuritsu.pretrain_epochs, or "
+                     "config.kakuritsu.train_backbone=True (the whole network from scratch)")
+  if not models.is_backbone(config.model.name):
+    raise ValueError(f"config.model.name={config.model.name!r} cannot be a backbone; choose "
+                     f"one of: {', '.join(n for n in models.names() if models.is_backbone(n))}")
+
+
+def backbone(config):
+  """config.model without its classifier (num_classes=0: pooled features)."""
+  options = {n: v for n, v in config.model.items() if n != "name"}
+  return models.get_model(config.model.name, num_classes=0, dtype=config.compute_dtype,
+                          **options)
+
+
+def head_gates(k) -> dict[str, Gate]:
+  """The training gate of each head."""
+  return {"K": Gate("kakuritsu", k.p), "D": Gate("dropout", rate=k.dropout), "W": Gate("none")}
+
+
+def eval_gates(k, head: str) -> dict[str, Gate]:
+  """The eval modes of `head`, by name."""
+  return {"own": head_gates(k)[head], "switch": Gate("none"),
+          "kakuritsu": Gate("kakuritsu", k.eval_p), "dropout": Gate("dropout", rate=k.eval_dropout)}
+
+
+def head_model(config, head: str, num_classes: int) -> OnBackbone:
+  k = config.kakuritsu
+  return OnBackbone(
+      backbone(config),
+      GatedHead(k.hidden, num_classes, "kakuritsu" if head == "K" else "torch",
+                dtype=models.DTYPES[config.compute_dtype]),
+      head_gates(k)[head], freeze_backbone=not k.train_backbone, backbone_bn=k.backbone_bn)
+
+
+def load_backbone(directory: str, config) -> dict:
+  """{"params", "batch_stats"} of a backbone without its fc, from a converted
+  torchvision checkpoint or a neurojax workdir."""
+  if os.path.exists(os.path.join(directory, "meta.json")):
+    from neurojax.convert.torchvision import load  # pylint: disable=g-import-not-at-top
+    variables, meta = load(directory)
+    if meta["arch"] != config.model.name:
+      raise BackboneError(f"{directory} holds a {meta['arch']}, but config.model.name="
+                          f"{config.model.name!r}; set --config.model.name={meta['arch']}")
+  elif os.path.exists(os.path.join(directory, "config.json")):
+    saved, _, state = load_run(directory)
+    if saved.model.name != config.model.name:
+      raise BackboneError(f"{directory} trained a {saved.model.name}, but config.model.name="
+                          f"{config.model.name!r}; set --config.model.name={saved.model.name}")
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+  else:
+    raise BackboneError(f"{directory} is neither a converted checkpoint (no meta.json) nor a "
+                        "neurojax workdir (no config.json)")
+  # On the host: every head's state gets its own device copy (train steps donate them).
+  return jax.device_get({c: {n: v for n, v in tree.items() if n != "fc"}
+                         for c, tree in variables.items()})
+
+
+def _shapes(tree) -> dict:
+  return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def with_backbone(state, variables: dict, source: str):
+  """`state` with its "backbone" params and BN statistics from `variables`
+  (checked leaf by leaf: a missing, unexpected or misshapen one is an error
+  that names it)."""
+  params, stats = dict(state.params), dict(state.batch_stats)
+  for collection, target in (("params", params), ("batch_stats", stats)):
+    want, have = _shapes(target["backbone"]), _shapes(variables.get(collection, {}))
+    for path in sorted(set(want) | set(have)):
+      if want.get(path) != have.get(path):
+        what = ("missing" if path not in have else "unexpected" if path not in want
+                else f"of shape {have[path]}, not {want[path]}")
+        raise BackboneError(f"{source}: {collection}/{path} is {what} for config.model "
+                            "(is config.model.name, stem or width right?)")
+    target["backbone"] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype),
+                                      variables[collection], target["backbone"])
+  return state.replace(params=params, batch_stats=stats)
+
+
+def _pretrain(config, workdir: str) -> str:
+  """Trains config.model (with its classifier) in <workdir>/backbone."""
+  k = config.kakuritsu
+  pre = copy.deepcopy(config)
+  with pre.unlocked():
+    pre.method = "supervised"
+    pre.num_steps = 0
+    pre.num_epochs = float(k.pretrain_epochs)
+    pre.schedule.lr = k.pretrain_lr or config.schedule.lr
+    pre.schedule.name = k.pretrain_schedule or config.schedule.name
+    pre.optimizer.freeze = ""
+  directory = os.path.join(workdir, "backbone")
+  print(f"\n== backbone: {config.model.name}, {k.pretrain_epochs:g} epochs, in {directory}")
+  supervised.run(pre, directory)
+  return directory
+
+
+def _head_config(config, head: str):
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.optimizer.freeze = "" if config.kakuritsu.train_backbone else "^backbone/"
+    c.kakuritsu.heads = (head,)
+  return c
+
+
+def eval_matrix(model: OnBackbone, state, data, mesh, gates: dict[str, Gate], seed: int) -> dict:
+  """{mode: {"top1", "top5", "loss"}} over the eval split: the backbone runs
+  once per batch (BN running statistics), then the head under every gate."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), 0x6A7E)
+
+  def step(state, batch, index):
+    features = model.apply(model_variables(state.params, state.batch_stats), batch["image"],
+                           method="features")
+    key = jax.random.fold_in(base, index)
+    sums = {}
+    for i, (name, gate) in enumerate(gates.items()):
+      k = jax.random.fold_in(key, i)
+      logits = model.apply({"params": state.params}, features, gate, method="classify",
+                           rngs={"gate": k, "dropout": k})
+      per_example = losses.cross_entropy(logits, batch["label"])
+      sums[name] = losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
+    return sums
+
+  rep = parallel.replicated(mesh)
+  jitted = jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh), rep),
+                   out_shardings=rep)
+  totals = None
+  for index, batch in enumerate(data.eval.batches()):
+    sums = jitted(state, parallel.shard_batch(batch, mesh), jnp.int32(index))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return {name: losses.means(t) for name, t in totals.items()}
+
+
+def run(config, workdir: str) -> dict:
+  validate(config)
+  from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
+  k = config.kakuritsu
+  os.makedirs(workdir, exist_ok=True)
+  check_or_save_config(config, workdir)
+  source = _pretrain(config, workdir) if k.pretrain_epochs else k.backbone
+  initial = None
+  if source:
+    variables = load_backbone(source, config)
+    initial = lambda state: with_backbone(state, variables, source)  # noqa: E731
+  data = build_data(config)
+  mesh = parallel.make_mesh()
+  matrix = {}
+  for head in k.heads:
+    print(f"\n== head {head} ({head_gates(k)[head]}) on "
+          f"{'a trainable' if k.train_backbone else 'a frozen'} {config.model.name}")
+    model = head_model(config, head, data.info.num_classes)
+    trained, state = supervised.train(_head_config(config, head),
+                                      os.path.join(workdir, "heads", head), data=data,
+                                      model=model, initial=initial)
+    gates = eval_gates(k, head)
+    matrix[head] = {"trained_with": str(head_gates(k)[head]),
+                    "images_per_sec": trained.get("images_per_sec"),
+                    "eval": eval_matrix(model, state, data, mesh, gates, config.seed),
+                    "modes": {name: str(g) for name, g in gates.items()}}
+    logging.info("head %s: %s", head, matrix[head]["eval"])
+  if jax.process_index() != 0:
+    return {}
+  return _report(config, workdir, matrix)
+
+
+def robustness(matrix: dict) -> dict | None:
+  """K evaluated with its gates on, minus W evaluated with Kakuritsu gates
+  (the original's "+7.5 Acc1, +1.6 Acc5"), or None without both heads."""
+  if "K" not in matrix or "W" not in matrix:
+    return None
+  k, w = matrix["K"]["eval"]["own"], matrix["W"]["eval"]["kakuritsu"]
+  return {"top1": k["top1"] - w["top1"], "top5": k["top5"] - w["top5"]}
+
+
+def matrix_rows(matrix: dict) -> list[dict]:
+  """One table row per head: Acc1/Acc5 (%) under every eval mode."""
+  rows = []
+  for head, entry in matrix.items():
+    row = {"head": head, "trained with": entry["trained_with"]}
+    for mode in MODES:
+      m = entry["eval"][mode]
+      row[mode] = f"{100 * m['top1']:.2f} / {100 * m['top5']:.2f}"
+    rows.append(row)
+  return rows
+
+
+def _report(config, workdir: str, matrix: dict) -> dict:
+  k = config.kakuritsu
+  speeds = {h: e["images_per_sec"] for h, e in matrix.items() if e["images_per_sec"]}
+  results = {"model": config.model.name, "backbone": k.backbone or ("pretrained here" if
+                                                                   k.pretrain_epochs else "random"),
+             "train_backbone": k.train_backbone, "backbone_bn": k.backbone_bn,
+             "heads": matrix, "robustness": robustness(matrix),
+             "step_time_vs_W": ({h: speeds["W"] / s for h, s in speeds.items()}
+                                if "W" in speeds else None)}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  rows = matrix_rows(matrix)
+  print(f"\nEval matrix, Acc1 / Acc5 (%), {config.model.name}, workdir {workdir}; modes: "
+        f"switch = p=1 and no dropout, kakuritsu = p={k.eval_p:g}, "
+        f"dropout = {k.eval_dropout:g}")
+  print(format_table(rows, list(rows[0])))
+  if results["robustness"]:
+    r = results["robustness"]
+    print(f"K at p={k.p:g} minus W under Kakuritsu p={k.eval_p:g}: "
+          f"{100 * r['top1']:+.2f} Acc1, {100 * r['top5']:+.2f} Acc5")
+  if results["step_time_vs_W"]:
+    print("train step time relative to W: " + ", ".join(
+        f"{h} {t:.2f}x" for h, t in results["step_time_vs_W"].items()))
+  from neurojax.plots import plot_eval_matrix  # pylint: disable=g-import-not-at-top
+  print("plot:", plot_eval_matrix({h: {m: e["eval"][m] for m in MODES} for h, e in matrix.items()},
+                                  os.path.join(workdir, "eval_matrix.png"),
+                                  title=f"{config.model.name}: heads x eval modes"))
+  return results
