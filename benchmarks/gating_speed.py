@@ -6,6 +6,10 @@ head; the three run interleaved in blocks, the order rotating each round,
 and the ratios to W are paired per round.
 
     .venv/bin/python benchmarks/gating_speed.py [--batch 64] [--rounds 10] [--steps 3]
+
+With `--backbone resnet50 --image 64` each step is method="kakuritsu"'s
+whole train step instead: images through the frozen backbone (BN in train
+mode), then the head, with the optimizer freezing the backbone.
 """
 
 from __future__ import annotations
@@ -45,34 +49,71 @@ def make_step(gate, weight_init, hidden, classes, tx):
   return jax.jit(step, donate_argnums=(0, 1)), params
 
 
+def make_full_step(head, backbone, image, hidden, classes):
+  """method="kakuritsu"'s train step and a fresh state, on `backbone` images."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from neurojax import models  # pylint: disable=g-import-not-at-top
+  from neurojax.methods import kakuritsu  # pylint: disable=g-import-not-at-top
+  from neurojax.train.optimizers import make_optimizer  # pylint: disable=g-import-not-at-top
+  from neurojax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  from neurojax.train.steps import train_step_fn  # pylint: disable=g-import-not-at-top
+  k = ml_collections.ConfigDict(dict(p=0.5, dropout=0.5, hidden=hidden, train_backbone=False,
+                                     backbone_bn="batch"))
+  model = models.get_model(backbone, num_classes=0)
+  gate = kakuritsu.head_gates(k)[head]
+  model = kakuritsu.OnBackbone(model, GatedHead(hidden, classes, "kakuritsu" if head == "K"
+                                                else "torch"), gate)
+  cfg = ml_collections.ConfigDict(dict(name="sgd", momentum=0.9, nesterov=False,
+                                       weight_decay=1e-4, weight_decay_exclude="",
+                                       freeze="^backbone/"))
+  shape = (image, image, 3)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape))))
+  tx = make_optimizer(cfg, 0.01, abstract["params"])
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), shape)
+  return jax.jit(train_step_fn(model, tx), donate_argnums=0), state
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=10)
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--backbone", default="", help="time the whole step on this frozen "
+                      "backbone (e.g. resnet50), not the head alone")
+  parser.add_argument("--image", type=int, default=64, help="the backbone's image size")
   args = parser.parse_args()
   tx = optax.sgd(0.01, momentum=0.9)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((args.batch, 2048)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 1000, args.batch))
   runs = {}
   for name, (gate, init) in HEADS.items():
-    step, params = make_step(gate, init, 1000, 1000, tx)
-    state = [params, tx.init(params)]
-    state[:] = step(*state, x, y, jax.random.PRNGKey(0))             # compile
+    if args.backbone:
+      step, state = make_full_step(name, args.backbone, args.image, 1000, 1000)
+      batch = {"image": jnp.asarray(rng.standard_normal((args.batch, args.image, args.image, 3)),
+                                    jnp.float32), "label": y}
+      run = lambda step, state, key, batch=batch: step(state[0], batch)[:1]  # noqa: E731
+      state = [state]
+    else:
+      step, params = make_step(gate, init, 1000, 1000, tx)
+      state = [params, tx.init(params)]
+      x = jnp.asarray(rng.standard_normal((args.batch, 2048)), jnp.float32)
+      run = lambda step, state, key, x=x: step(*state, x, y, key)  # noqa: E731
+    state[:] = run(step, state, jax.random.PRNGKey(0))             # compile
     jax.block_until_ready(state)
-    runs[name] = (step, state)
+    runs[name] = (step, state, run)
   times = {name: [] for name in runs}
   names = list(runs)
   for r in range(args.rounds):
     for name in names[r % 3:] + names[:r % 3]:
-      step, state = runs[name]
+      step, state, run = runs[name]
       t0 = time.perf_counter()
       for s in range(args.steps):
-        state[:] = step(*state, x, y, jax.random.PRNGKey(r * 100 + s))
+        state[:] = run(step, state, jax.random.PRNGKey(r * 100 + s))
       jax.block_until_ready(state)
       times[name].append((time.perf_counter() - t0) / args.steps)
-  print(f"batch {args.batch}, 2048 -> 1000 -> 1000; load average {os.getloadavg()}")
+  what = (f"{args.backbone} at {args.image} px (frozen) + head" if args.backbone
+          else "the head alone")
+  print(f"batch {args.batch}, {what}, 2048 -> 1000 -> 1000; load average {os.getloadavg()}")
   print("| head | step median ms | ratio to W (median of paired rounds) |\n|---|---:|---:|")
   for name in names:
     ratio = statistics.median(a / w for a, w in zip(times[name], times["W"]))

@@ -87,7 +87,7 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
 
   # method="kakuritsu": gated heads (K, D, W) on a backbone, and the eval matrix.
   c.kakuritsu = ml_collections.ConfigDict(dict(
-      backbone="",                  # a converted torchvision checkpoint or a neurojax workdir
+      backbone="",                  # a converted torchvision checkpoint, a workdir, or "random"
       pretrain_epochs=0.0,          # > 0: train config.model here first, as the backbone
       pretrain_lr=0.0,              # its lr (0: schedule.lr)
       pretrain_schedule="",         # its schedule.name ("": schedule.name)

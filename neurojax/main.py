@@ -74,6 +74,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from neurojax import config as config_lib, methods, parallel
   from neurojax.data import DataConfigError, DatasetNotFoundError
+  from neurojax.methods.kakuritsu import BackboneError
   from neurojax.train import CheckpointError, NonFiniteLossError
   from neurojax.train.experiment import ConfigMismatchError
   config = _CONFIG.value
@@ -86,7 +87,7 @@ def main(argv):
   try:
     methods.get(config.method)(config, _WORKDIR.value)
   except (DataConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError,
-          ConfigMismatchError) as e:
+          ConfigMismatchError, BackboneError) as e:
     sys.exit(f"neurojax: {type(e).__name__}: {e}")
 
 

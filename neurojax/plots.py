@@ -202,9 +202,12 @@ def eval_matrix_summary(workdirs: list[str]) -> dict:
   """The eval matrices of kakuritsu runs (seeds), averaged: {head: {mode:
   {"top1", "top1_std", "top5", "top5_std"}}} (fractions; sample std)."""
   runs = [_results(w, "heads", "kakuritsu") for w in workdirs]
-  layout = {h: sorted(e["eval"]) for h, e in runs[0]["heads"].items()}
+  order = ("own", "switch", "kakuritsu", "dropout")      # the table's, then any others
+  layout = {h: sorted(e["eval"], key=lambda m: (order + (m,)).index(m))
+            for h, e in runs[0]["heads"].items()}
   for w, r in zip(workdirs, runs):
-    if {h: sorted(e["eval"]) for h, e in r["heads"].items()} != layout:
+    if {h: sorted(e["eval"]) for h, e in r["heads"].items()} != {
+        h: sorted(m) for h, m in layout.items()}:
       raise ValueError(f"{w} has other heads or eval modes than {workdirs[0]}")
   summary = {}
   for head, modes in layout.items():
@@ -215,6 +218,11 @@ def eval_matrix_summary(workdirs: list[str]) -> dict:
         mean, std = _mean_std([r["heads"][head]["eval"][mode][metric] for r in runs])
         entry.update({metric: mean, f"{metric}_std": std})
       summary[head][mode] = entry
+  if all(r.get("robustness") for r in runs):
+    summary["robustness"] = {}
+    for metric in ("top1", "top5"):
+      mean, std = _mean_std([r["robustness"][metric] for r in runs])
+      summary["robustness"].update({metric: mean, f"{metric}_std": std})
   return summary
 
 
@@ -253,11 +261,16 @@ def main(argv: list[str]) -> None:
   try:
     if all("heads" in _results(w, "model", "neurojax") for w in args.workdirs):
       summary = eval_matrix_summary(args.workdirs)
+      gain = summary.pop("robustness", None)
       rows = [{"head": h, **{m: f"{100 * v['top1']:.2f} ± {100 * v['top1_std']:.2f} / "
                                 f"{100 * v['top5']:.2f} ± {100 * v['top5_std']:.2f}"
                              for m, v in modes.items()}} for h, modes in summary.items()]
       print(f"Acc1 / Acc5 (%), mean ± std over {len(args.workdirs)} runs")
       print(format_table(rows, list(rows[0])))
+      if gain:
+        print(f"K with its gates minus W under Kakuritsu gates: {100 * gain['top1']:+.2f} ± "
+              f"{100 * gain['top1_std']:.2f} Acc1, {100 * gain['top5']:+.2f} ± "
+              f"{100 * gain['top5_std']:.2f} Acc5")
       print("\nplot:", plot_eval_matrix(summary, args.out,
                                         f"heads x eval modes, mean of {len(args.workdirs)} runs"))
       return

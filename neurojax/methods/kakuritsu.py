@@ -4,7 +4,8 @@
                 (python -m neurojax.convert.torchvision) or a neurojax
                 workdir; or, with kakuritsu.pretrain_epochs > 0, config.model
                 trained here first (<workdir>/backbone); or random (with
-                kakuritsu.train_backbone: the whole network from scratch)
+                kakuritsu.train_backbone: the whole network from scratch;
+                or kakuritsu.backbone="random", to time the step)
     for head in kakuritsu.heads (K, D, W):
         train it on the backbone (frozen unless train_backbone), in
         <workdir>/heads/<head>: a supervised run, resumable on its own
@@ -78,14 +79,11 @@ def validate(config) -> None:
   if k.backbone and k.pretrain_epochs:
     raise ValueError("set config.kakuritsu.backbone (a checkpoint to start from) or "
                      "config.kakuritsu.pretrain_epochs (train the backbone here first), not both")
-  if k.backbone and not os.path.isdir(k.backbone):
-    raise ValueError(f"config.kakuritsu.backbone={k.backbone!r} is not a directory; give a "
-                     "converted checkpoint (python -m neurojax.convert.torchvision --out DIR) "
-                     "or a neurojax workdir")
   if not (k.backbone or k.pretrain_epochs or k.train_backbone):
     raise ValueError("the heads would train on a random frozen backbone: set "
-                     "config.kakuritsu.backbone, config.kakuritsu.pretrain_epochs, or "
-                     "config.kakuritsu.train_backbone=True (the whole network from scratch)")
+                     "config.kakuritsu.backbone (a converted checkpoint or a workdir; 'random' "
+                     "if you mean it, e.g. to time the step), config.kakuritsu.pretrain_epochs, "
+                     "or config.kakuritsu.train_backbone=True (the whole network from scratch)")
   if not models.is_backbone(config.model.name):
     raise ValueError(f"config.model.name={config.model.name!r} cannot be a backbone; choose "
                      f"one of: {', '.join(n for n in models.names() if models.is_backbone(n))}")
@@ -121,6 +119,10 @@ def head_model(config, head: str, num_classes: int) -> OnBackbone:
 def load_backbone(directory: str, config) -> dict:
   """{"params", "batch_stats"} of a backbone without its fc, from a converted
   torchvision checkpoint or a neurojax workdir."""
+  if not os.path.isdir(directory):
+    raise BackboneError(f"config.kakuritsu.backbone={directory!r} is not a directory; give a "
+                        "converted checkpoint (python -m neurojax.convert.torchvision --out DIR) "
+                        "or a neurojax workdir")
   if os.path.exists(os.path.join(directory, "meta.json")):
     from neurojax.convert.torchvision import load  # pylint: disable=g-import-not-at-top
     variables, meta = load(directory)
@@ -214,7 +216,7 @@ def eval_matrix(model: OnBackbone, state, data, mesh, gates: dict[str, Gate], se
     sums = jitted(state, parallel.shard_batch(batch, mesh), jnp.int32(index))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
-  return {name: losses.means(t) for name, t in totals.items()}
+  return {name: losses.means(totals[name]) for name in gates}
 
 
 def run(config, workdir: str) -> dict:
@@ -225,7 +227,7 @@ def run(config, workdir: str) -> dict:
   check_or_save_config(config, workdir)
   source = _pretrain(config, workdir) if k.pretrain_epochs else k.backbone
   initial = None
-  if source:
+  if source and source != "random":
     variables = load_backbone(source, config)
     initial = lambda state: with_backbone(state, variables, source)  # noqa: E731
   data = build_data(config)
