@@ -107,6 +107,20 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrupte
   chex.assert_trees_all_equal(_final_params(workdir)[0], _final_params(uninterrupted)[0])
 
 
+def test_load_run_reads_past_a_bad_checkpoint_and_moves_nothing(tmp_path, uninterrupted):
+  from neurojax.train.experiment import load_run
+  workdir = tmp_path / "readonly"
+  shutil.copytree(uninterrupted, workdir)
+  meta = workdir / "checkpoints" / "200" / "meta" / "metadata"
+  record = json.loads(meta.read_text())
+  record["fingerprint"][3][0] += 1.0
+  meta.write_text(json.dumps(record))
+  _, _, state = load_run(str(workdir))
+  assert int(state.step) == 150
+  assert committed_steps(workdir) == [100, 150, 200]             # a reader moves nothing
+  assert not os.path.exists(workdir / "corrupt_checkpoints")
+
+
 def test_checkpoint_whose_values_changed_is_not_used(tmp_path, uninterrupted):
   workdir = tmp_path / "tampered"
   shutil.copytree(uninterrupted, workdir)

@@ -1,6 +1,7 @@
 """method="kakuritsu": heads on a frozen backbone, backbone loading and the eval matrix."""
 
 import json
+import re
 import os
 import shutil
 
@@ -16,7 +17,7 @@ from neurojax import models
 from neurojax.config import ConfigError, load_config_file, validate
 from neurojax.methods import kakuritsu
 from neurojax.nn.gating import Gate, GatedHead, OnBackbone
-from neurojax.train import losses, optimizers
+from neurojax.train import CheckpointError, losses, optimizers
 from neurojax.train.state import create_train_state
 from neurojax.train.steps import train_step_fn
 from tests import cli
@@ -276,6 +277,43 @@ def test_one_command_gives_the_whole_eval_matrix(kakuritsu_run):
   assert "K at p=0.5 minus W under Kakuritsu p=0.5" in proc.stdout
 
 
+def test_load_run_reads_a_heads_run_and_reproduces_its_switch_accuracy(kakuritsu_run):
+  from neurojax.data import build_data
+  from neurojax.train.experiment import load_run
+  workdir, _, _ = kakuritsu_run
+  config, model, state = load_run(os.path.join(workdir, "heads", "K"))
+  assert isinstance(model, OnBackbone) and model.gate == Gate("kakuritsu", 0.5)
+  correct = total = 0
+  for batch in build_data(config).eval.batches():
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"])
+    correct += float(jnp.sum(losses.topk_correct(logits, batch["label"], 1) * batch["mask"]))
+    total += float(batch["mask"].sum())
+  with open(os.path.join(workdir, "results.json")) as f:
+    switch = json.load(f)["heads"]["K"]["eval"]["switch"]["top1"]
+  assert correct / total == pytest.approx(switch, abs=1e-6)
+  with pytest.raises(CheckpointError, match=re.escape("heads/<K|D|W>")):
+    load_run(workdir)
+
+
+def test_other_eval_modes_on_a_finished_run_re_evaluate_without_training(kakuritsu_run,
+                                                                         tmp_path):
+  workdir, overrides, _ = kakuritsu_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  proc = cli.run(copy, *overrides, "--config.kakuritsu.eval_p=1.0",
+                 "--config.kakuritsu.eval_dropout=0.0", config=cli.TINY + ":resnet18")
+  assert proc.stdout.count("this run trained 0 of them") == 4     # backbone and 3 heads
+  with open(os.path.join(copy, "results.json")) as f:
+    heads = json.load(f)["heads"]
+  with open(os.path.join(workdir, "results.json")) as f:
+    before = json.load(f)["heads"]
+  for head, entry in heads.items():
+    # p=1 and dropout 0 are the switch mode exactly; the rest is unchanged.
+    assert entry["eval"]["kakuritsu"] == entry["eval"]["switch"] == entry["eval"]["dropout"]
+    assert entry["eval"]["own"] == before[head]["eval"]["own"]
+
+
 def test_an_interrupted_head_resumes_to_the_same_matrix(kakuritsu_run, tmp_path):
   workdir, overrides, _ = kakuritsu_run
   copy = str(tmp_path / "run")
@@ -284,6 +322,7 @@ def test_an_interrupted_head_resumes_to_the_same_matrix(kakuritsu_run, tmp_path)
   # checkpoints, W's run and the final results never happened.
   for step in (20, 30):
     shutil.rmtree(os.path.join(copy, "heads", "D", "checkpoints", str(step)))
+  os.remove(os.path.join(copy, "heads", "D", "eval_matrix.json"))
   shutil.rmtree(os.path.join(copy, "heads", "W"))
   os.remove(os.path.join(copy, "results.json"))
   cli.run(copy, *overrides, config=cli.TINY + ":resnet18")

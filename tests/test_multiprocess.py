@@ -48,3 +48,40 @@ def test_two_processes_match_one(tmp_path, method):
   m1, m2 = last_metrics(single), last_metrics(multi)
   assert m1.keys() == m2.keys()
   chex.assert_trees_all_close(m1, m2, rtol=1e-5, atol=1e-6)
+
+
+def test_kakuritsu_two_processes_match_one(tmp_path):
+  """A backbone trained first, then head K and its eval matrix: the gates are
+  drawn over the global batch, so 2 processes x 2 devices give 1 x 4's draws.
+
+  The backbone trains 8 steps: this width-4 ResNet on 8 px images gets
+  ill-conditioned later (in one process, noise of 1e-6 on its params moves
+  the params after step 16 by 4e-4), which would amplify the two layouts'
+  different summation orders past any tolerance."""
+  import json  # pylint: disable=g-import-not-at-top
+  from cli import TINY  # pylint: disable=g-import-not-at-top
+  args = ["--config.method=kakuritsu", "--config.model.width=4", "--config.num_steps=6",
+          "--config.kakuritsu.pretrain_epochs=0.5", "--config.kakuritsu.heads=('K',)",
+          "--config.kakuritsu.hidden=16", "--config.checkpoint_every_steps=3",
+          "--config.eval_every_steps=6"]
+  config = TINY + ":resnet18"
+  single = tmp_path / "single"
+  run(single, *args, devices=4, config=config)
+  multi = tmp_path / "multi"
+  port = portpicker.pick_unused_port()
+  procs = [subprocess.Popen(
+      command(multi, *args, "--config.distributed.num_processes=2",
+              f"--config.distributed.process_id={i}",
+              f"--config.distributed.coordinator_address=localhost:{port}", config=config),
+      env=env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  _, _, s1 = load_run(str(single / "heads" / "K"))
+  _, _, s2 = load_run(str(multi / "heads" / "K"))
+  chex.assert_trees_all_close(jax.device_get(s1.params), jax.device_get(s2.params),
+                              rtol=1e-5, atol=1e-6)
+  m1 = json.loads((single / "results.json").read_text())["heads"]["K"]["eval"]
+  m2 = json.loads((multi / "results.json").read_text())["heads"]["K"]["eval"]
+  chex.assert_trees_all_close(m1, m2, rtol=1e-5, atol=1e-6)

@@ -219,6 +219,16 @@ def eval_matrix(model: OnBackbone, state, data, mesh, gates: dict[str, Gate], se
   return {name: losses.means(totals[name]) for name in gates}
 
 
+def _cached(path: str, step: int, modes: dict) -> dict | None:
+  """A head's eval matrix saved by an earlier run, if it is for this step and
+  these modes (changing eval_p or eval_dropout re-evaluates, never retrains)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f)
+  return saved["eval"] if saved["step"] == step and saved["modes"] == modes else None
+
+
 def run(config, workdir: str) -> dict:
   validate(config)
   from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
@@ -241,11 +251,18 @@ def run(config, workdir: str) -> dict:
                                       os.path.join(workdir, "heads", head), data=data,
                                       model=model, initial=initial)
     gates = eval_gates(k, head)
+    modes = {name: str(g) for name, g in gates.items()}
+    cache = os.path.join(workdir, "heads", head, "eval_matrix.json")
+    evaluated = _cached(cache, int(state.step), modes)
+    if evaluated is None:
+      evaluated = eval_matrix(model, state, data, mesh, gates, config.seed)
+      if jax.process_index() == 0:
+        with open(cache, "w") as f:
+          json.dump({"step": int(state.step), "modes": modes, "eval": evaluated}, f, indent=1)
     matrix[head] = {"trained_with": str(head_gates(k)[head]),
                     "images_per_sec": trained.get("images_per_sec"),
-                    "eval": eval_matrix(model, state, data, mesh, gates, config.seed),
-                    "modes": {name: str(g) for name, g in gates.items()}}
-    logging.info("head %s: %s", head, matrix[head]["eval"])
+                    "eval": evaluated, "modes": modes}
+    logging.info("head %s: %s", head, evaluated)
   if jax.process_index() != 0:
     return {}
   return _report(config, workdir, matrix)

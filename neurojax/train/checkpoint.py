@@ -65,12 +65,13 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, target):
+  def restore_latest(self, target, quarantine: bool = True):
     """Restores the newest good checkpoint into the structure/sharding of `target`.
 
     Returns (state, meta), or None when there is no checkpoint. Bad
-    checkpoints are moved aside with a warning; if none is good, raises
-    CheckpointError naming what was tried.
+    checkpoints are moved aside with a warning (with `quarantine=False`,
+    e.g. when only reading a run, they stay and are skipped); if none is
+    good, raises CheckpointError naming what was tried.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     tried = []
@@ -85,7 +86,14 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         tried.append(f"step {step} ({reason})")
-        self._quarantine(step, reason)
+        if quarantine:
+          self._quarantine(step, reason)
+        else:
+          logging.warning("checkpoint %d in %s cannot be used (%s); trying the previous one.",
+                          step, self.directory, reason)
+    if tried and not quarantine:
+      raise CheckpointError(f"no usable checkpoint in {self.directory}; tried "
+                            f"{'; '.join(tried)}. Nothing was moved.")
     if tried:
       raise CheckpointError(
           f"no usable checkpoint in {self.directory}; tried {'; '.join(tried)}. The bad ones "

@@ -23,7 +23,8 @@ from neurojax.train.writers import MetricWriter, Progress
 
 # Fields that may change between the runs of one workdir without changing results.
 RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "async_checkpoint",
-                      "data.num_threads", "data.prefetch", "keep_checkpoints")
+                      "data.num_threads", "data.prefetch", "keep_checkpoints",
+                      "kakuritsu.eval_p", "kakuritsu.eval_dropout")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -126,11 +127,17 @@ def load_run(workdir: str):
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   steps = checkpointer.all_steps()
   if not steps:
-    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint")
+    hint = (f"; a kakuritsu run keeps its heads' runs in {workdir}/heads/<K|D|W>"
+            if config.method == "kakuritsu" else "")
+    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint{hint}")
   meta = checkpointer.read_meta(steps[-1])
+  model = None
+  if config.method == "kakuritsu":     # a head's run: the backbone + that head
+    from neurojax.methods import kakuritsu  # pylint: disable=g-import-not-at-top
+    model = kakuritsu.head_model(config, config.kakuritsu.heads[0], meta["num_classes"])
   model, _, tx = build_model_and_optimizer(
       config, meta["num_classes"], tuple(meta["image_shape"]), meta["steps_per_epoch"],
-      total_steps(config, meta["steps_per_epoch"]))
+      total_steps(config, meta["steps_per_epoch"]), model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   def template(key):
     state = create_train_state(model, tx, key, tuple(meta["image_shape"]))
@@ -140,7 +147,7 @@ def load_run(workdir: str):
   abstract = jax.eval_shape(template, jax.random.PRNGKey(0))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
-  state, _ = checkpointer.restore_latest(abstract)
+  state, _ = checkpointer.restore_latest(abstract, quarantine=False)   # read-only
   return config, model, state
 
 
