@@ -4,4 +4,5 @@ from neurojax.nn.gating import Gate
 from neurojax.nn.gating import GatedHead
 from neurojax.nn.gating import GatedLinear
 from neurojax.nn.gating import Kakuritsu
+from neurojax.nn.gating import OnBackbone
 from neurojax.nn.gating import gated_matmul
