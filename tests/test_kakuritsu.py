@@ -335,7 +335,7 @@ def test_an_interrupted_head_resumes_to_the_same_matrix(kakuritsu_run, tmp_path)
 
 
 def test_the_dummy_config_times_a_random_backbone(tmp_path):
-  """The --dummy variant runs (shrunk to seconds: ResNet-18, 32 px, 2 steps)."""
+  """The --dummy variant runs (shrunk to seconds: ResNet-18, 32 px, 2 steps, head W)."""
   config = os.path.join(cli.ROOT, "configs", "kakuritsu_imagenet_dummy.py")
   proc = cli.run(str(tmp_path / "dummy"), "--config.model.name=resnet18",
                  "--config.model.width=8",
@@ -343,5 +343,6 @@ def test_the_dummy_config_times_a_random_backbone(tmp_path):
                  "--config.data.synthetic_train_size=64", "--config.data.synthetic_eval_size=10",
                  "--config.batch_size=8", "--config.eval_batch_size=10",
                  "--config.num_steps=2", "--config.kakuritsu.hidden=8", "--config.progress=False",
+                 "--config.kakuritsu.heads=('W',)",
                  config=config)
-  assert "train step time relative to W" in proc.stdout
+  assert "train step time relative to W: W 1.00x" in proc.stdout
