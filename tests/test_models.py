@@ -75,7 +75,7 @@ def test_bf16_compute_f32_params():
 def test_unknown_model_and_option_errors():
   with pytest.raises(ValueError, match=r"model.name='resnet21'.*lenet5.*resnet20"):
     models.get_model("resnet21", num_classes=10)
-  with pytest.raises(ValueError, match=r"config.model.widht.*options are: block_widths, width"):
+  with pytest.raises(ValueError, match=r"config.model.widht.*options are: block_widths, variant, width"):
     models.get_model("resnet20", num_classes=10, widht=2)
 
 
@@ -101,3 +101,52 @@ def test_resnet18_small_stem_keeps_resolution_for_28px():
       [28, 14, 7, 4]
   with pytest.raises(ValueError, match="config.model.stem='tiny'.*imagenet, small"):
     models.get_model("resnet18", num_classes=10, stem="tiny")
+
+
+def _count(name, shape=(32, 32, 3), **options):
+  m = models.get_model(name, num_classes=10, **options)
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+  return sum(x.size for x in jax.tree.leaves(v["params"]))
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56, 110])
+@pytest.mark.parametrize("variant", ["he", "dit_code"])
+def test_dit_resnets_add_33280_params_at_any_depth(depth, variant):
+  # 32^3 (Q) + 2 x 16 x 16 (the LN_hw affine) at 32 px.
+  assert (_count(f"dit_resnet{depth}", variant=variant)
+          - _count(f"resnet{depth}", variant=variant)) == 33_280
+
+
+def test_the_dit_code_variant_has_option_b_shortcuts_and_a_256d_head():
+  # Two 1x1 shortcut convs (16->32, 32->64) with BN, and a 256 -> 10 fc
+  # instead of 64 -> 10: 2,560 + 192 + 1,920 more than He et al.'s 269,722.
+  assert _count("resnet20", variant="dit_code") == 269_722 + 2_560 + 192 + 1_920
+  m = models.get_model("dit_resnet20", num_classes=10, variant="dit_code")
+  v = jax.eval_shape(m.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  assert v["params"]["fc"]["kernel"].shape == (256, 10)
+  block = v["params"]["stage2_block0"]
+  assert block["quadratic"]["q"].shape == (32, 32, 32)
+  assert block["ln_hw"]["scale"].shape == (16, 16)
+  assert "downsample_conv" in block and "quadratic" not in v["params"]["stage2_block1"]
+  with pytest.raises(ValueError, match="variant='b' is not valid; choose one of: he, dit_code"):
+    models.get_model("resnet20", num_classes=10, variant="b")
+
+
+def test_the_dit_block_starts_as_half_the_plain_block_and_q_learns():
+  """With Q = 0 at init, the Dit block's residual branch is bn2(conv2(h)) / 2;
+  Q gets a nonzero gradient (it is not stuck at its zero init)."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  dit = models.get_model("dit_resnet20", num_classes=10)
+  plain = models.get_model("resnet20", num_classes=10)
+  v = dit.init(jax.random.PRNGKey(0), x)
+  # The plain model with the Dit model's shared weights, and its stage2_block0
+  # bn2 scale and bias halved, computes the same function while Q = 0.
+  p = jax.tree.map(lambda a: a, v["params"])
+  for leaf in ("quadratic", "ln_hw"):
+    del p["stage2_block0"][leaf]
+  p["stage2_block0"]["bn2"] = jax.tree.map(lambda a: a / 2, p["stage2_block0"]["bn2"])
+  chex.assert_trees_all_close(dit.apply(v, x), plain.apply({**v, "params": p}, x),
+                              rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda params: jnp.sum(dit.apply({**v, "params": params}, x) ** 2))(
+      v["params"])
+  assert float(jnp.abs(grad["stage2_block0"]["quadratic"]["q"]).max()) > 0
