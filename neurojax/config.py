@@ -40,7 +40,11 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
       per_class=0, subset_seed=0, num_classes=0, image_size=0, crop_padding=0, flip=False,
       random_resized_crop=False, eval_resize=0, resize_square=False, mean=(0.0,), std=(1.0,),
       synthetic_train_size=512, synthetic_eval_size=128, synthetic_shape=(8, 8, 1),
-      num_threads=4, prefetch=2))
+      num_threads=4, prefetch=2,
+      # timm's `rand-m9-mstd0.5-inc1` is ops=2, magnitude=9.0, std=0.5 (ops=0: off);
+      # random_erasing=0.25 is timm's RandomErasing(0.25, mode="pixel") (0: off).
+      randaugment_ops=0, randaugment_magnitude=9.0, randaugment_magnitude_std=0.5,
+      random_erasing=0.0))
 
   c.batch_size = 128         # global, over all devices and processes
   c.eval_batch_size = 1000   # global; the last batch is padded, not dropped
@@ -50,6 +54,7 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_exclude="",
       freeze="",                    # regex on param paths never updated, e.g. "^backbone/"
+      lr_groups=(),                 # (regex, lr multiplier) pairs, e.g. (("quadratic", 10.0),)
       b1=0.9, b2=0.999, eps=1e-8))
   c.schedule = ml_collections.ConfigDict(dict(
       name="cosine", lr=0.05, warmup_epochs=0.0, final_lr_fraction=0.0, milestones=(0,),
@@ -158,6 +163,16 @@ def validate(config) -> None:
       re.compile(config.optimizer[field])
     except re.error as e:
       raise ConfigError(f"config.optimizer.{field}={config.optimizer[field]!r} is not a valid "
+                        f"regular expression: {e}") from None
+  for i, group in enumerate(config.optimizer.lr_groups):
+    if (len(group) != 2 or not isinstance(group[0], str)
+        or not isinstance(group[1], (int, float)) or group[1] < 0):
+      raise ConfigError(f"config.optimizer.lr_groups[{i}]={tuple(group)!r} must be a "
+                        f"(regex, multiplier >= 0) pair, e.g. ('quadratic|ln_hw', 10.0)")
+    try:
+      re.compile(group[0])
+    except re.error as e:
+      raise ConfigError(f"config.optimizer.lr_groups[{i}]: {group[0]!r} is not a valid "
                         f"regular expression: {e}") from None
   _positive(config, "batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints")
   _positive(config, "num_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps",

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from neurojax import models, parallel
-from neurojax.config import base_config
+from neurojax.config import ConfigError, base_config, validate
 from neurojax.train import losses, steps
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
@@ -143,3 +143,40 @@ def test_sgd_weight_decay_is_coupled_l2_and_exclusions_work():
   upd2, _ = tx.update(grads, state, params)
   d = np.array([0.5, 0.5]) + 0.1 * np.array([1.0, -2.0])
   chex.assert_trees_all_close(upd2["dense"]["kernel"], -0.01 * (0.9 * d + d), rtol=1e-6)
+
+
+def test_lr_groups_scale_the_lr_of_their_params_only():
+  """A 10x group on SGD+momentum and on AdamW: its updates are exactly 10x
+  those of the same optimizer at 10x lr, the others' are unchanged."""
+  params = {"conv": {"kernel": jnp.array([1.0, -2.0])},
+            "quadratic": {"q": jnp.array([0.5, 3.0])}, "ln_hw": {"scale": jnp.array([1.0])}}
+  grads = jax.tree.map(lambda p: 0.1 * p + 0.3, params)
+  sched = optax.linear_schedule(0.1, 0.05, 10)
+  for name in ("sgd", "adamw"):
+    cfg = base_config().optimizer
+    cfg.update(dict(name=name, weight_decay=0.01))
+    plain, fast = make_optimizer(cfg, sched, params), make_optimizer(
+        cfg, lambda s: 10 * sched(s), params)
+    cfg.lr_groups = (("quadratic|ln_hw", 10.0),)
+    grouped = make_optimizer(cfg, sched, params)
+    states = [tx.init(params) for tx in (plain, fast, grouped)]
+    for _ in range(3):    # several steps, so momentum and the schedule count
+      outs = [tx.update(grads, st, params) for tx, st in zip((plain, fast, grouped), states)]
+      states = [o[1] for o in outs]
+      (u_plain, _), (u_fast, _), (u_group, _) = outs
+      chex.assert_trees_all_close(u_group["conv"], u_plain["conv"], rtol=1e-6)
+      chex.assert_trees_all_close(u_group["quadratic"], u_fast["quadratic"], rtol=1e-6)
+      chex.assert_trees_all_close(u_group["ln_hw"], u_fast["ln_hw"], rtol=1e-6)
+  cfg.lr_groups = (("nothing", 10.0),)
+  with pytest.raises(ValueError, match=r"lr_groups\[0\]: 'nothing' matches no parameter"):
+    make_optimizer(cfg, sched, params)
+
+
+def test_lr_groups_validation_names_the_field():
+  config = base_config()
+  config.optimizer.lr_groups = (("quadratic", -1.0),)
+  with pytest.raises(ConfigError, match=r"lr_groups\[0\]=.*\(regex, multiplier >= 0\) pair"):
+    validate(config)
+  config.optimizer.lr_groups = (("quad(", 10.0),)
+  with pytest.raises(ConfigError, match=r"lr_groups\[0\]: 'quad\(' is not a valid regular"):
+    validate(config)

@@ -239,7 +239,7 @@ def _flatten(config, prefix="") -> dict:
 def check_or_save_config(config, workdir: str) -> None:
   """Saves the resolved config; on resume, refuses a config that changed."""
   path = os.path.join(workdir, "config.json")
-  current = _flatten(config)
+  current = json.loads(json.dumps(_flatten(config)))   # nested tuples as JSON lists
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)

@@ -6,7 +6,10 @@ momentum): `add_decayed_weights` then `sgd`. For AdamW it is decoupled.
 `bias|scale` to spare biases and norm scales); '' decays everything, as
 PyTorch's default does. `freeze` is a regex too: the params it matches are
 never updated (no gradient step, no decay, no optimizer state), e.g.
-`^backbone/` to train only a head on a frozen backbone.
+`^backbone/` to train only a head on a frozen backbone. `lr_groups` is a
+tuple of (regex, multiplier) pairs: the params whose path matches a pair's
+regex (the first pair that matches) get that multiple of the schedule's lr,
+e.g. `(("quadratic|ln_hw", 10.0),)` for Dit's 10x on the quadratic term.
 """
 
 from __future__ import annotations
@@ -38,25 +41,44 @@ def decay_mask(params, exclude: str):
   return lambda params: jax.tree.map(lambda x: not x, excluded(params))
 
 
-def freeze(tx: optax.GradientTransformation, params, pattern: str):
-  """`tx` on the params not matching `pattern`; the others get zero updates
-  and no optimizer state."""
-  frozen = _matches(pattern)(params)
-  if not any(jax.tree.leaves(frozen)):
-    raise ValueError(f"config.optimizer.freeze={pattern!r} matches no parameter")
-  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+def param_groups(params, freeze: str = "", lr_groups=()):
+  """A label per param: "frozen" (matches `freeze`), "lr<i>" (the first
+  `lr_groups` pair whose regex matches) or "base". Raises ValueError naming
+  the field when a regex matches no parameter."""
+  frozen = _matches(freeze)(params) if freeze else jax.tree.map(lambda _: False, params)
+  if freeze and not any(jax.tree.leaves(frozen)):
+    raise ValueError(f"config.optimizer.freeze={freeze!r} matches no parameter")
+  labels = jax.tree.map(lambda f: "frozen" if f else "base", frozen)
+  for i, (pattern, _) in enumerate(lr_groups):
+    hit = _matches(pattern)(params)
+    if not any(jax.tree.leaves(hit)):
+      raise ValueError(f"config.optimizer.lr_groups[{i}]: {pattern!r} matches no parameter")
+    labels = jax.tree.map(lambda l, h, i=i: f"lr{i}" if h and l == "base" else l, labels, hit)
+  return labels
 
 
 def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
-  """`cfg` is `config.optimizer` (name, momentum, nesterov, weight_decay, ...).
+  """`cfg` is `config.optimizer` (name, momentum, nesterov, weight_decay,
+  freeze, lr_groups, ...).
 
-  The result is wrapped in `sparsity.masked`, so a train state with masks
-  keeps its pruned weights and their moments at exactly zero.
+  Frozen params get zero updates and no optimizer state; each lr group gets
+  its own optimizer on `multiplier * schedule` (weight decay as usual, so
+  AdamW's decoupled decay scales with the group's lr, as a PyTorch param
+  group's does). The result is wrapped in `sparsity.masked`, so a train
+  state with masks keeps its pruned weights and their moments at exactly
+  zero.
   """
   from neurojax.sparsity.transform import masked  # pylint: disable=g-import-not-at-top
-  tx = _make_optimizer(cfg, schedule, params)
-  return masked(freeze(tx, params, cfg.freeze) if cfg.freeze else tx)
+  lr_groups = tuple(cfg.get("lr_groups", ()))
+  if not cfg.freeze and not lr_groups:
+    return masked(_make_optimizer(cfg, schedule, params))
+  labels = param_groups(params, cfg.freeze, lr_groups)
+  lr = schedule if callable(schedule) else optax.constant_schedule(schedule)
+  used = set(jax.tree.leaves(labels))
+  txs = {"base": _make_optimizer(cfg, schedule, params), "frozen": optax.set_to_zero()}
+  for i, (_, multiplier) in enumerate(lr_groups):
+    txs[f"lr{i}"] = _make_optimizer(cfg, lambda s, m=float(multiplier): m * lr(s), params)
+  return masked(optax.multi_transform({k: v for k, v in txs.items() if k in used}, labels))
 
 
 def _make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
