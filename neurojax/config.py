@@ -55,11 +55,18 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
       name="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4, weight_decay_exclude="",
       freeze="",                    # regex on param paths never updated, e.g. "^backbone/"
       lr_groups=(),                 # (regex, lr multiplier) pairs, e.g. (("quadratic", 10.0),)
+      grad_accum_steps=1,           # k > 1: one update per k steps (effective batch k * batch_size)
       b1=0.9, b2=0.999, eps=1e-8))
   c.schedule = ml_collections.ConfigDict(dict(
       name="cosine", lr=0.05, warmup_epochs=0.0, final_lr_fraction=0.0, milestones=(0,),
       gamma=0.1, step_epochs=30.0))
   c.label_smoothing = 0.0
+  # Mixup/cutmix of each training batch with its reverse (train/mix.py), on device.
+  c.mix = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.0, cutmix_alpha=0.0,   # Beta(alpha, alpha); 0 turns one off
+      switch_prob=0.5,                     # cutmix's share when both are on
+      prob=1.0))                           # the chance a batch is mixed at all
+  c.ema_decay = 0.0            # > 0: keep a model EMA (state.ema_params), evaluated as eval/ema_*
   c.compute_dtype = "float32"  # or bfloat16: params stay float32
 
   c.log_every_steps = 50
@@ -179,6 +186,20 @@ def validate(config) -> None:
             "schedule.lr", "schedule.warmup_epochs", "optimizer.weight_decay", allow_zero=True)
   if not config.num_steps and not config.num_epochs:
     raise ConfigError("set config.num_epochs or config.num_steps to a positive number")
+  for field in ("mix.mixup_alpha", "mix.cutmix_alpha"):
+    _positive(config, field, allow_zero=True)
+  for field, value in (("mix.switch_prob", config.mix.switch_prob),
+                       ("mix.prob", config.mix.prob)):
+    if not 0.0 <= value <= 1.0:
+      raise ConfigError(f"config.{field}={value!r} must be in [0, 1]")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(f"config.ema_decay={config.ema_decay!r} must be in [0, 1) "
+                      f"(0 turns the model EMA off; e.g. 0.9998)")
+  if not isinstance(config.optimizer.grad_accum_steps, int) or \
+      config.optimizer.grad_accum_steps < 1:
+    raise ConfigError(f"config.optimizer.grad_accum_steps={config.optimizer.grad_accum_steps!r} "
+                      f"must be an integer >= 1 (the effective batch is grad_accum_steps * "
+                      f"batch_size)")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
   if config.distributed.num_processes > 1 and not config.distributed.coordinator_address:

@@ -155,9 +155,7 @@ def run(config, workdir: str) -> dict:
   init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0],
                  out_shardings=parallel.replicated(exp.mesh))
   keys = generation_keys(config.seed, g.num_generations)
-  train_step = steps_lib.jit_train_step(
-      steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
-                              schedule=lambda s: exp.schedule(s % gen_steps)), exp.mesh)
+  train_step = exp.train_step(schedule=lambda s: exp.schedule(s % gen_steps))
   evaluate = exp.evaluator()
   hooks = [Hook(exp.every(config.eval_every_steps), evaluate),
            Hook(exp.every(config.checkpoint_every_steps), exp.save)]

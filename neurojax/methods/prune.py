@@ -112,13 +112,11 @@ def run(config, workdir: str) -> dict:
   bounds = [exp.num_steps + r * round_steps for r in range(len(targets) + 1)]
   retrain_cfg = config.schedule.copy_and_resolve_references()
   retrain_cfg.lr, retrain_cfg.warmup_epochs = config.sparsity.retrain_lr, 0.0
-  retrain_tx = make_optimizer(config.optimizer, make_schedule(retrain_cfg, spe, round_steps),
-                              exp.state.params)
-  step_kw = dict(label_smoothing=config.label_smoothing)
-  dense_step = steps_lib.jit_train_step(
-      steps_lib.train_step_fn(exp.model, exp.tx, schedule=exp.schedule, **step_kw), exp.mesh)
-  retrain_step = steps_lib.jit_train_step(
-      steps_lib.train_step_fn(exp.model, retrain_tx, **step_kw), exp.mesh)
+  retrain_schedule = make_schedule(retrain_cfg, spe, round_steps)
+  retrain_tx = make_optimizer(config.optimizer, retrain_schedule, exp.state.params)
+  dense_step = exp.train_step()
+  retrain_step = exp.train_step(
+      retrain_tx, lambda s: retrain_schedule((s - exp.num_steps) % round_steps))
   evaluate = exp.evaluator()
 
   def record(step, state):

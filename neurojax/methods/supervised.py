@@ -17,7 +17,6 @@ import numpy as np
 from absl import logging
 
 from neurojax.plots import plot_training_curves
-from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
 from neurojax.train.loop import Hook, fit
 from neurojax.train.writers import format_table, read_metrics
@@ -31,9 +30,7 @@ def train(config, workdir: str, **setup_options):
   """Trains (or resumes) to the end and reports; returns (results, final
   state). `setup_options` go to `setup` (data, model, initial)."""
   exp = setup(config, workdir, **setup_options)
-  train_step = steps_lib.jit_train_step(
-      steps_lib.train_step_fn(exp.model, exp.tx, label_smoothing=config.label_smoothing,
-                              schedule=exp.schedule), exp.mesh)
+  train_step = exp.train_step()
   evaluate = exp.evaluator()
 
   start = time.perf_counter()

@@ -73,13 +73,28 @@ class Experiment:
     return Progress(total or self.num_steps, self.start_step, self.config.batch_size, desc,
                     enabled=self.config.progress)
 
+  def train_step(self, tx=None, schedule=None):
+    """The jitted train step of `config` (label smoothing, mixup/cutmix,
+    model EMA, gradient accumulation), with `tx` (default: the run's
+    optimizer) and `schedule` (the lr metric; default: the run's)."""
+    c = self.config
+    return steps_lib.jit_train_step(steps_lib.train_step_fn(
+        self.model, tx or self.tx, label_smoothing=c.label_smoothing,
+        schedule=schedule or self.schedule, mix=c.mix, ema_decay=c.ema_decay,
+        accum_steps=c.optimizer.grad_accum_steps), self.mesh)
+
   def evaluator(self):
     """`evaluate(step, state)`: test metrics over the whole eval split, written
-    under eval/ (a `Hook` function). Its `.steps` lists the steps evaluated."""
+    under eval/ (a `Hook` function); with model EMA also the EMA params', as
+    eval/ema_*. Its `.steps` lists the steps evaluated."""
     eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(self.model), self.mesh)
+    ema_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(self.model, ema=True), self.mesh)
 
     def evaluate(step: int, state: TrainState) -> dict:
       metrics = steps_lib.evaluate(eval_step, state, self.data.eval.batches(), self.mesh)
+      if state.ema_params is not None:
+        ema = steps_lib.evaluate(ema_step, state, self.data.eval.batches(), self.mesh)
+        metrics.update({f"ema_{k}": v for k, v in ema.items()})
       self.writer.write(step, metrics, prefix="eval/")
       evaluate.steps.append(step)
       logging.info("eval at step %d: %s", step, metrics)
@@ -140,7 +155,8 @@ def load_run(workdir: str):
       total_steps(config, meta["steps_per_epoch"]), model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   def template(key):
-    state = create_train_state(model, tx, key, tuple(meta["image_shape"]))
+    state = create_train_state(model, tx, key, tuple(meta["image_shape"]),
+                               ema=bool(config.get("ema_decay", 0.0)))
     if not meta.get("masks"):
       return state
     return state.replace(masks=initial_masks(config, model, state.params))
@@ -201,7 +217,7 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=No
       config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps,
       model)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
-                             parallel.replicated(mesh))
+                             parallel.replicated(mesh), ema=bool(config.ema_decay))
   if with_masks:
     state = state.replace(masks=initial_masks(config, model, state.params))
 
@@ -211,7 +227,10 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=No
   restored = checkpointer.restore_latest(state)
   resumed_from = None
   if restored is None and initial is not None:
-    state = jax.device_put(initial(state), parallel.replicated(mesh))
+    state = initial(state)
+    if state.ema_params is not None:    # the average starts from the loaded weights
+      state = state.replace(ema_params=state.params)
+    state = jax.device_put(state, parallel.replicated(mesh))
   if restored is not None:
     state, meta = restored
     resumed_from = int(meta["step"])

@@ -21,6 +21,13 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def mixed_cross_entropy(logits, labels, lam, label_smoothing: float = 0.0):
+  """The loss of a batch mixed with its reverse (`train.mix`): the
+  cross-entropy against lam * target(y) + (1 - lam) * target(y reversed)."""
+  return (lam * cross_entropy(logits, labels, label_smoothing)
+          + (1 - lam) * cross_entropy(logits, labels[::-1], label_smoothing))
+
+
 def topk_correct(logits, labels, k: int):
   """1.0 where the label is among the k highest logits (ties count as correct)."""
   k = min(k, logits.shape[-1])

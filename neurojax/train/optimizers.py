@@ -10,6 +10,10 @@ never updated (no gradient step, no decay, no optimizer state), e.g.
 tuple of (regex, multiplier) pairs: the params whose path matches a pair's
 regex (the first pair that matches) get that multiple of the schedule's lr,
 e.g. `(("quadratic|ln_hw", 10.0),)` for Dit's 10x on the quadratic term.
+`grad_accum_steps` k > 1 accumulates (averages) the gradients of k
+consecutive steps and updates once (optax.MultiSteps): an effective batch of
+k * batch_size. The schedule stays in steps; update u uses its value at
+step u * k.
 """
 
 from __future__ import annotations
@@ -69,16 +73,23 @@ def make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:
   zero.
   """
   from neurojax.sparsity.transform import masked  # pylint: disable=g-import-not-at-top
+  accum = int(cfg.get("grad_accum_steps", 1))
+  lr = schedule if callable(schedule) else optax.constant_schedule(schedule)
+  if accum > 1:
+    lr = lambda update, step_lr=lr: step_lr(update * accum)
   lr_groups = tuple(cfg.get("lr_groups", ()))
   if not cfg.freeze and not lr_groups:
-    return masked(_make_optimizer(cfg, schedule, params))
-  labels = param_groups(params, cfg.freeze, lr_groups)
-  lr = schedule if callable(schedule) else optax.constant_schedule(schedule)
-  used = set(jax.tree.leaves(labels))
-  txs = {"base": _make_optimizer(cfg, schedule, params), "frozen": optax.set_to_zero()}
-  for i, (_, multiplier) in enumerate(lr_groups):
-    txs[f"lr{i}"] = _make_optimizer(cfg, lambda s, m=float(multiplier): m * lr(s), params)
-  return masked(optax.multi_transform({k: v for k, v in txs.items() if k in used}, labels))
+    tx = _make_optimizer(cfg, lr, params)
+  else:
+    labels = param_groups(params, cfg.freeze, lr_groups)
+    used = set(jax.tree.leaves(labels))
+    txs = {"base": _make_optimizer(cfg, lr, params), "frozen": optax.set_to_zero()}
+    for i, (_, multiplier) in enumerate(lr_groups):
+      txs[f"lr{i}"] = _make_optimizer(cfg, lambda s, m=float(multiplier): m * lr(s), params)
+    tx = optax.multi_transform({k: v for k, v in txs.items() if k in used}, labels)
+  if accum > 1:
+    tx = optax.MultiSteps(tx, accum).gradient_transformation()
+  return masked(tx)
 
 
 def _make_optimizer(cfg, schedule, params) -> optax.GradientTransformation:

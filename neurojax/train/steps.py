@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from neurojax import parallel
-from neurojax.train import losses
+from neurojax.train import losses, mix as mix_lib
 from neurojax.train.state import TrainState
 
 
@@ -25,22 +25,35 @@ def model_variables(params, batch_stats):
 
 
 def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
-                  schedule: Callable | None = None):
+                  schedule: Callable | None = None, mix=None, ema_decay: float = 0.0,
+                  accum_steps: int = 1):
   """The pure (unjitted) train step: `(state, batch) -> (state, metrics)`.
 
   The step's key is `fold_in(state.rng, state.step)`: the "dropout" RNG
-  stream's, and folded with 1, the "gate" stream's (`nn.gating`). Metrics
-  are global batch means: loss, top1, top5 and (with `schedule`) lr.
+  stream's, and folded with 1, the "gate" stream's (`nn.gating`), with 2
+  the mixup/cutmix key (`mix` is `config.mix`; `train.mix`). With
+  `ema_decay`, `state.ema_params <- d * ema_params + (1 - d) * params` after
+  each optimizer update (every `accum_steps` steps with gradient
+  accumulation). Metrics are global batch means: loss, top1 and top5 (of the
+  unmixed labels) and (with `schedule`) lr.
   """
+  mixing = mix is not None and mix_lib.enabled(mix)
+
   def step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     rngs = {"dropout": key, "gate": jax.random.fold_in(key, 1)}
+    images, lam = batch["image"], None
+    if mixing:
+      images, lam = mix_lib.mix_batch(jax.random.fold_in(key, 2), images, mix)
 
     def loss_fn(params):
       logits, updates = model.apply(
-          model_variables(params, state.batch_stats), batch["image"], train=True,
+          model_variables(params, state.batch_stats), images, train=True,
           rngs=rngs, mutable=["batch_stats"])
-      per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
+      if mixing:
+        per_example = losses.mixed_cross_entropy(logits, batch["label"], lam, label_smoothing)
+      else:
+        per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
       return jnp.mean(per_example), (logits, per_example, updates)
 
     grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -51,6 +64,11 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
     params = optax.apply_updates(state.params, updates_tx)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
+    if ema_decay:
+      updated = (state.step + 1) % accum_steps == 0
+      new_state = new_state.replace(ema_params=jax.tree.map(
+          lambda e, p: jnp.where(updated, ema_decay * e + (1 - ema_decay) * p, e),
+          state.ema_params, params))
     sums = losses.metric_sums(logits, batch["label"], per_example, jnp.ones_like(per_example))
     metrics = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
     if schedule is not None:
@@ -59,10 +77,12 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
   return step
 
 
-def eval_step_fn(model):
-  """The pure eval step: `(state, batch) -> metric sums` (padded rows masked)."""
+def eval_step_fn(model, ema: bool = False):
+  """The pure eval step: `(state, batch) -> metric sums` (padded rows
+  masked), of `state.ema_params` with `ema`, else of `state.params`."""
   def step(state: TrainState, batch):
-    logits = model.apply(model_variables(state.params, state.batch_stats), batch["image"],
+    params = state.ema_params if ema else state.params
+    logits = model.apply(model_variables(params, state.batch_stats), batch["image"],
                          train=False)
     per_example = losses.cross_entropy(logits, batch["label"])
     return losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
