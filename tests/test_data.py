@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import re
 import time
 
 import chex
@@ -23,7 +24,8 @@ def make_config(batch_size=16, eval_batch_size=32, seed=0, **data):
       image_size=0, crop_padding=0, flip=False, random_resized_crop=False,
       eval_resize=0, resize_square=False, mean=(0.0,), std=(1.0,), synthetic_train_size=512,
       synthetic_eval_size=128, synthetic_shape=(8, 8, 1), num_threads=2,
-      prefetch=2)
+      prefetch=2, randaugment_ops=0, randaugment_magnitude=9.0,
+      randaugment_magnitude_std=0.5, random_erasing=0.0)
   defaults.update(data)
   return ml_collections.ConfigDict(dict(
       data=defaults, batch_size=batch_size, eval_batch_size=eval_batch_size,
@@ -408,6 +410,178 @@ def test_resize_is_correct_on_constant_and_centre_crop_picks_centre():
   np.testing.assert_array_equal(
       augment.resize(image, 8, 8, box=(0, 0, 16, 16)),
       augment.resize(image, 8, 8))
+
+
+# ------------------------------------------- RandAugment, random erasing
+
+# Ops that are the identity at magnitude 0 (timm's `-inc1` set).
+IDENTITY_AT_0 = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel',
+                 'TranslateYRel', 'Color', 'Contrast', 'Brightness',
+                 'Sharpness', 'Solarize', 'SolarizeAdd')
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_randaugment_ops_keep_shape_and_identity_at_magnitude_0(channels):
+  # Low contrast, so that AutoContrast and Equalize have work to do.
+  image = np.random.default_rng(0).integers(50, 150, (24, 20, channels),
+                                            np.uint8)
+  assert len(augment.RANDAUGMENT_OPS) == 15
+  for name, (_, signed) in augment.RANDAUGMENT_OPS.items():
+    for magnitude in (0, 4.5, 10) + ((-10,) if signed else ()):
+      out = augment.randaugment_op(image, name, magnitude,
+                                   fill=(40, 50, 60)[:channels])
+      assert out.shape == image.shape and out.dtype == np.uint8, name
+    at_0 = augment.randaugment_op(image, name, 0)
+    at_10 = augment.randaugment_op(image, name, 10)
+    if name in IDENTITY_AT_0:
+      np.testing.assert_array_equal(at_0, image, err_msg=name)
+      if not (name == 'Color' and channels == 1):  # grey has no colour
+        assert not np.array_equal(at_10, image), name
+    else:
+      assert not np.array_equal(at_0, image), name
+
+
+def test_randaugment_ops_against_hand_computation():
+  x = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+  op = augment.randaugment_op
+  np.testing.assert_array_equal(op(x, 'Invert', 3), 255 - x)
+  # Solarize at magnitude 5: threshold 256 - 128 = 128.
+  np.testing.assert_array_equal(op(x, 'Solarize', 5),
+                                np.where(x >= 128, 255 - x, x))
+  # Posterize at magnitude 5 keeps 4 - int(2.0) = 2 bits; at 10, none.
+  np.testing.assert_array_equal(op(x, 'Posterize', 5), x & 0b11000000)
+  np.testing.assert_array_equal(op(x, 'Posterize', 10), 0)
+  np.testing.assert_array_equal(op(x, 'Posterize', 0), x & 0b11110000)
+  # SolarizeAdd at magnitude 5 adds 55 below 128, saturating.
+  np.testing.assert_array_equal(
+      op(x, 'SolarizeAdd', 5),
+      np.where(x < 128, np.minimum(x.astype(int) + 55, 255), x))
+  # TranslateXRel at magnitude 10 shifts by 0.45 * 40 = 18 pixels and fills
+  # the uncovered columns with `fill`; a negative magnitude shifts the other
+  # way.
+  rgb = np.random.default_rng(0).integers(0, 256, (6, 40, 3), np.uint8)
+  out = op(rgb, 'TranslateXRel', 10, fill=(1, 2, 3))
+  np.testing.assert_array_equal(out[:, :22], rgb[:, 18:])
+  np.testing.assert_array_equal(out[:, 22:], np.broadcast_to([1, 2, 3],
+                                                             (6, 18, 3)))
+  out = op(rgb, 'TranslateXRel', -10, fill=(1, 2, 3))
+  np.testing.assert_array_equal(out[:, 18:], rgb[:, :22])
+
+
+def test_randaugment_is_deterministic_per_rng():
+  image = np.random.default_rng(1).integers(0, 256, (16, 16, 3), np.uint8)
+
+  def run(seed, **kw):
+    return augment.randaugment(image, 2, 9.0, np.random.default_rng(seed),
+                               magnitude_std=0.5, **kw)
+
+  outs = [run(s) for s in range(30)]
+  for s in (0, 7):
+    np.testing.assert_array_equal(run(s), outs[s])
+  distinct = {o.tobytes() for o in outs}
+  assert len(distinct) > 15
+  # Each op is skipped with probability 1/2, so about 1/4 are untouched.
+  assert 2 <= sum(np.array_equal(o, image) for o in outs) <= 15
+  # prob=1 and num_ops=0 bound the behaviour.
+  assert not any(np.array_equal(run(s, prob=1.0), image) for s in range(10))
+  np.testing.assert_array_equal(
+      augment.randaugment(image, 0, 9.0, np.random.default_rng(0)), image)
+
+
+def test_random_erasing_one_normal_box():
+  h, w, c = 40, 50, 3
+  image = np.full((h, w, c), 7.0, np.float32)
+  rng = np.random.default_rng(0)
+  assert augment.random_erasing(image, 0.0, rng) is image
+  erased_values = []
+  for seed in range(40):
+    out = augment.random_erasing(image, 1.0, np.random.default_rng(seed))
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(image, 7.0)  # the input is not modified
+    changed = out != 7.0
+    rows = np.flatnonzero(changed.any(axis=(1, 2)))
+    cols = np.flatnonzero(changed.any(axis=(0, 2)))
+    assert rows.size and cols.size, seed  # prob 1 always erases here
+    box = np.zeros_like(changed)
+    box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    np.testing.assert_array_equal(changed, box)  # exactly one full box
+    eh, ew = len(rows), len(cols)
+    slack = (eh + ew) / 2 + 0.25  # rounding of the box sides
+    assert 0.02 * h * w - slack <= eh * ew <= h * w / 3 + slack
+    assert eh < h and ew < w
+    erased_values.append(out[changed])
+  values = np.concatenate(erased_values)
+  assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05
+  # Probability 0.25: about a quarter of the examples are erased.
+  hits = sum(augment.random_erasing(image, 0.25, np.random.default_rng(s))
+             is not image for s in range(400))
+  assert 60 <= hits <= 140
+
+
+def test_uses_rng_with_randaugment_or_erasing():
+  from neurojax.config import base_config  # pylint: disable=g-import-not-at-top
+  d = base_config().data
+  assert (d.randaugment_ops, d.randaugment_magnitude,
+          d.randaugment_magnitude_std, d.random_erasing) == (0, 9.0, 0.5, 0.0)
+  assert not augment.uses_rng(d)
+  assert augment.uses_rng(make_config(randaugment_ops=2).data)
+  assert augment.uses_rng(make_config(random_erasing=0.25).data)
+
+
+def test_pipeline_with_randaugment_and_random_erasing():
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  config = synthetic_config(seed=2, data=dict(
+      synthetic_shape=(12, 10, 3), crop_padding=0, mean=mean, std=std,
+      randaugment_ops=2, randaugment_magnitude=9.0,
+      randaugment_magnitude_std=0.5, random_erasing=1.0))
+  data = nd.build_data(config, 0, 1)
+  train = data.train
+  batch = take(train.batches(0), 1)[0]
+  assert batch['image'].shape == (16, 12, 10, 3)
+  assert batch['image'].dtype == np.float32
+  np.testing.assert_array_equal(batch['image'],
+                                nd.build_data(config, 0, 1).train.batch(0)['image'])
+  # The documented derivation: transform, normalise, then erase with the
+  # same per-example generator.
+  step = train.steps_per_epoch + 1  # epoch 1, row 1
+  transform = augment.make_train_transform(config.data)
+  expected = []
+  for j, i in enumerate(train.example_indices(step)):
+    rng = np.random.default_rng([2, 1, train.batch_size + j, 1])
+    image = nd.normalize(transform(train.source[i]['image'], rng), mean, std)
+    expected.append(augment.random_erasing(image, 1.0, rng))
+  np.testing.assert_array_equal(train.batch(step)['image'], np.stack(expected))
+  # Without erasing, no image has an erased box: the batches differ.
+  config.data.random_erasing = 0.0
+  plain = nd.build_data(config, 0, 1).train.batch(step)['image']
+  assert not np.array_equal(plain, np.stack(expected))
+  # Eval is neither augmented nor erased.
+  ev = data.eval.batch(0)
+  np.testing.assert_array_equal(
+      ev['image'], nd.normalize(data.eval.source.images[:32], mean, std))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(randaugment_ops=-1), 'config.data.randaugment_ops=-1 must be an'
+     ' integer >= 0'),
+    (dict(randaugment_magnitude=11.0),
+     'config.data.randaugment_magnitude=11.0 must be in [0, 10]'),
+    (dict(randaugment_magnitude_std=-0.5),
+     'config.data.randaugment_magnitude_std=-0.5 must be >= 0'),
+    (dict(random_erasing=1.5),
+     'config.data.random_erasing=1.5 must be a probability in [0, 1]'),
+    (dict(random_erasing=-0.1), 'config.data.random_erasing=-0.1'),
+])
+def test_augmentation_config_errors_name_the_field(overrides, message):
+  with pytest.raises(nd.DataConfigError, match=re.escape(message)):
+    nd.validate_config(make_config(**overrides))
+
+
+def test_randaugment_needs_1_or_3_channels():
+  config = synthetic_config(data=dict(randaugment_ops=2))  # 2 channels
+  with pytest.raises(nd.DataConfigError,
+                     match='config.data.randaugment_ops=2 needs 1- or 3-ch'):
+    nd.build_data(config, 0, 1)
 
 
 # ------------------------------------------------------------------ TFDS

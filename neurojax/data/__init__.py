@@ -13,7 +13,10 @@ Typical use::
 from neurojax.data.augment import make_eval_transform
 from neurojax.data.augment import make_train_transform
 from neurojax.data.augment import normalize
+from neurojax.data.augment import randaugment
+from neurojax.data.augment import randaugment_op
 from neurojax.data.augment import random_crop_with_padding
+from neurojax.data.augment import random_erasing
 from neurojax.data.augment import random_flip
 from neurojax.data.augment import random_resized_crop
 from neurojax.data.augment import resize

@@ -17,7 +17,8 @@ batches as an uninterrupted one):
   augmented with ``np.random.default_rng([seed, e, i, 1])``. The trailing 1
   keeps this stream apart from the shuffle stream: numpy's SeedSequence
   pads short entropy with zeros, so ``[seed, e, 0]`` would equal
-  ``[seed, e]``.
+  ``[seed, e]``. With ``config.data.random_erasing``, the same generator,
+  after the transform, then draws the erasing of the normalised image.
 
 Eval visits every example once in order; the last global batch is padded
 with zero images, label 0 and ``mask`` 0, and sliced per process the same way.
@@ -104,9 +105,10 @@ class TrainData(_Split):
 
   indices: np.ndarray  # source index of each train example (the subset)
   transform: augment.TrainTransform
-  random: bool  # whether transform needs an rng
+  random: bool  # whether transform (or erasing) needs an rng
   seed: int
   steps_per_epoch: int
+  random_erasing: float = 0.0  # probability, applied after normalisation
 
   def positions(self, step: int) -> tuple[int, np.ndarray]:
     """(epoch, global positions within the epoch) of this process at step."""
@@ -125,14 +127,19 @@ class TrainData(_Split):
     """The local batch of global step ``step``, computed synchronously."""
     epoch, positions = self.positions(step)
     examples = _read(self.source, self.example_indices(step))
-    images = []
+    images, rngs = [], []
     for example, position in zip(examples, positions):
       rng = None
       if self.random:
         rng = np.random.default_rng([self.seed, epoch, int(position), 1])
       images.append(self.transform(example['image'], rng))
+      rngs.append(rng)
+    images = augment.normalize(np.stack(images), self.mean, self.std)
+    if self.random_erasing > 0:
+      for i, rng in enumerate(rngs):
+        images[i] = augment.random_erasing(images[i], self.random_erasing, rng)
     return {
-        'image': augment.normalize(np.stack(images), self.mean, self.std),
+        'image': images,
         'label': np.array([e['label'] for e in examples], np.int32),
     }
 
@@ -242,6 +249,30 @@ def validate_config(
         _is_int(d[field]) and d[field] >= 0,
         f'config.data.{field}={d[field]!r} must be an integer >= 0.',
     )
+  ra_ops = d.get('randaugment_ops', 0)
+  _require(
+      _is_int(ra_ops) and ra_ops >= 0,
+      f'config.data.randaugment_ops={ra_ops!r} must be an integer >= 0'
+      ' (0: off; timm uses 2).',
+  )
+  ra_magnitude = d.get('randaugment_magnitude', 9.0)
+  _require(
+      0 <= ra_magnitude <= 10,
+      f'config.data.randaugment_magnitude={ra_magnitude!r} must be in'
+      ' [0, 10] (timm uses 9).',
+  )
+  ra_std = d.get('randaugment_magnitude_std', 0.5)
+  _require(
+      ra_std >= 0,
+      f'config.data.randaugment_magnitude_std={ra_std!r} must be >= 0'
+      ' (0: always the magnitude itself; timm uses 0.5).',
+  )
+  erasing = d.get('random_erasing', 0.0)
+  _require(
+      0 <= erasing <= 1,
+      f'config.data.random_erasing={erasing!r} must be a probability in'
+      ' [0, 1] (0: off; timm uses 0.25).',
+  )
   _require(
       _is_int(config.seed) and config.seed >= 0,
       f'config.seed={config.seed!r} must be an integer >= 0.',
@@ -386,6 +417,11 @@ def build_data(
       f'config.data.mean={mean} / config.data.std={std} must have 1 or'
       f' {channels} (channels) entries.',
   )
+  _require(
+      d.get('randaugment_ops', 0) == 0 or channels in (1, 3),
+      f'config.data.randaugment_ops={d.randaugment_ops} needs 1- or'
+      f' 3-channel images; these have {channels} channels. Set it to 0.',
+  )
 
   if d.per_class > 0:
     indices = sources_lib.balanced_subset(
@@ -420,6 +456,7 @@ def build_data(
       indices=indices,
       transform=augment.make_train_transform(d),
       random=augment.uses_rng(d),
+      random_erasing=float(d.get('random_erasing', 0.0)),
       seed=config.seed,
       batch_size=config.batch_size,
       steps_per_epoch=steps_per_epoch,
