@@ -77,6 +77,7 @@ def main(argv):
   from neurojax.methods.kakuritsu import BackboneError
   from neurojax.train import CheckpointError, NonFiniteLossError
   from neurojax.train.experiment import ConfigMismatchError
+  from neurojax.train.optimizers import OptimizerConfigError
   config = _CONFIG.value
   try:
     config_lib.validate(config)
@@ -87,7 +88,7 @@ def main(argv):
   try:
     methods.get(config.method)(config, _WORKDIR.value)
   except (DataConfigError, DatasetNotFoundError, CheckpointError, NonFiniteLossError,
-          ConfigMismatchError, BackboneError) as e:
+          ConfigMismatchError, BackboneError, OptimizerConfigError) as e:
     sys.exit(f"neurojax: {type(e).__name__}: {e}")
 
 

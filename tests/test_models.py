@@ -150,3 +150,20 @@ def test_the_dit_block_starts_as_half_the_plain_block_and_q_learns():
   grad = jax.grad(lambda params: jnp.sum(dit.apply({**v, "params": params}, x) ** 2))(
       v["params"])
   assert float(jnp.abs(grad["stage2_block0"]["quadratic"]["q"]).max()) > 0
+
+
+def test_dit_resnet_in_bf16_keeps_f32_params_and_tracks_f32():
+  """bf16 compute (config.compute_dtype) through the quadratic term and
+  LN_hw, with Q nonzero: logits are bf16, close to the f32 model's."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+  f32, bf16 = (models.get_model("dit_resnet20", num_classes=10, dtype=d)
+               for d in ("float32", "bfloat16"))
+  v = f32.init(jax.random.PRNGKey(0), x)
+  q = v["params"]["stage2_block0"]["quadratic"]["q"]
+  v["params"]["stage2_block0"]["quadratic"]["q"] = 0.05 * jax.random.normal(
+      jax.random.PRNGKey(1), q.shape)
+  assert jax.tree.leaves(bf16.init(jax.random.PRNGKey(0), x))[0].dtype == jnp.float32
+  want, got = f32.apply(v, x), bf16.apply(v, x)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.05 *
+                             float(jnp.abs(want).max()))

@@ -193,3 +193,13 @@ def test_resume_with_every_recipe_piece_equals_no_interruption(tmp_path):
   assert not np.array_equal(jax.tree.leaves(ref.ema_params)[0], jax.tree.leaves(ref.params)[0])
   metrics = cli.last_metrics(reference)
   assert "eval/ema_top1" in metrics and "eval/top1" in metrics
+
+
+def test_lr_group_matching_nothing_fails_clearly_and_leaves_the_workdir_reusable(tmp_path):
+  workdir = tmp_path / "w"
+  proc = cli.run(workdir, "--config.optimizer.lr_groups=(('quadratic', 10.0),)", check=False)
+  assert proc.returncode != 0
+  assert ("OptimizerConfigError: config.optimizer.lr_groups[0]: 'quadratic' matches no "
+          "parameter; the params are named like fc1/bias, fc1/kernel") in proc.stderr, proc.stderr[-2000:]
+  assert not (workdir / "config.json").exists()
+  cli.run(workdir, "--config.num_steps=20", "--config.optimizer.lr_groups=(('fc2', 10.0),)")

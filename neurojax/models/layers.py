@@ -46,3 +46,24 @@ def batch_norm(train: bool, dtype, name=None, scale_init=nn.initializers.ones):
   """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=dtype, scale_init=scale_init, name=name)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth (Huang et al. 2016): per example, keep the whole input
+  with probability 1 - rate and scale it by 1 / (1 - rate), else zero it.
+
+  Draws from the "dropout" RNG stream; the identity when not training or
+  when rate is 0.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if not train or self.rate == 0.0:
+      return x
+    if not 0.0 < self.rate < 1.0:
+      raise ValueError(f"DropPath rate={self.rate} must be in [0, 1)")
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))

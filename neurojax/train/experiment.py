@@ -208,14 +208,14 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=No
                jax.local_device_count(), dict(mesh.shape))
   parallel.check_batch_size(config.batch_size, "batch_size", mesh)
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
-  os.makedirs(workdir, exist_ok=True)
-  check_or_save_config(config, workdir)
-
   data = data or build_data(config)
   num_steps = total_steps(config, data.info.steps_per_epoch)
   model, schedule, tx = build_model_and_optimizer(
       config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps,
       model)
+  # Only now, so that a config failing above leaves no config.json behind.
+  os.makedirs(workdir, exist_ok=True)
+  check_or_save_config(config, workdir)
   state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
                              parallel.replicated(mesh), ema=bool(config.ema_decay))
   if with_masks:

@@ -28,6 +28,10 @@ from neurojax.tree import path_str
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+class OptimizerConfigError(ValueError):
+  """A `config.optimizer` regex that matches no parameter of the model."""
+
+
 def _matches(pattern: str):
   """params -> a bool tree: True where the param's path matches `pattern`."""
   regex = re.compile(pattern)
@@ -45,18 +49,25 @@ def decay_mask(params, exclude: str):
   return lambda params: jax.tree.map(lambda x: not x, excluded(params))
 
 
+def _examples(params, n: int = 4) -> list[str]:
+  paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return paths[:n] + (["..."] if len(paths) > n else [])
+
+
 def param_groups(params, freeze: str = "", lr_groups=()):
   """A label per param: "frozen" (matches `freeze`), "lr<i>" (the first
   `lr_groups` pair whose regex matches) or "base". Raises ValueError naming
   the field when a regex matches no parameter."""
   frozen = _matches(freeze)(params) if freeze else jax.tree.map(lambda _: False, params)
   if freeze and not any(jax.tree.leaves(frozen)):
-    raise ValueError(f"config.optimizer.freeze={freeze!r} matches no parameter")
+    raise OptimizerConfigError(f"config.optimizer.freeze={freeze!r} matches no parameter")
   labels = jax.tree.map(lambda f: "frozen" if f else "base", frozen)
   for i, (pattern, _) in enumerate(lr_groups):
     hit = _matches(pattern)(params)
     if not any(jax.tree.leaves(hit)):
-      raise ValueError(f"config.optimizer.lr_groups[{i}]: {pattern!r} matches no parameter")
+      raise OptimizerConfigError(f"config.optimizer.lr_groups[{i}]: {pattern!r} matches no "
+                                 f"parameter; the params are named like "
+                                 f"{', '.join(_examples(params))}")
     labels = jax.tree.map(lambda l, h, i=i: f"lr{i}" if h and l == "base" else l, labels, hit)
   return labels
 

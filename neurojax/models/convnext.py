@@ -1,0 +1,160 @@
+"""ConvNeXt-T/S/B in timm's layout (Liu et al. 2022) and Dit-ConvNeXt.
+
+    stem     4x4/4 conv (with bias), LayerNorm
+    stages   depths T (3,3,9,3), S and B (3,3,27,3); widths T and S
+             (96,192,384,768), B (128,256,512,1024); before stages 1-3 a
+             downsample: LayerNorm, 2x2/2 conv
+    block    x + drop_path(gamma * fc2(gelu(fc1(LN(dwconv7x7(x))))))
+             (fc1: C -> 4C, exact GELU, layer scale gamma starts at 1e-6)
+    head     global average pool, LayerNorm, fc (num_classes=0: no fc; the
+             model returns the pooled and normed features, as a backbone)
+
+Every LayerNorm has epsilon 1e-6. The stochastic-depth rate rises linearly
+over all blocks from 0 to `drop_path` (the paper's ImageNet recipe: 0.1 for
+T, 0.4 for S, 0.5 for B). Conv and dense kernels are trunc_normal(std .02)
+truncated at +-2 absolute (timm's bounds, i.e. +-100 std), biases zero.
+
+dit_convnext_* (Dit-CNN, NeurIPS 2024; METHODS.md section 2) changes only
+the third block of stage 0: its dwconv output becomes dwconv(x) + Q(x), Q the
+zero-initialised `nn.quadratic.Quadratic` on the raw block input (no LN, no
+/2). It adds C^3 params: 884,736 for T and S, 2,097,152 for B.
+
+Module names follow timm's state_dict (`stages_1_downsample_conv`,
+`stages_0_blocks_2/conv_dw`, `head_fc`); `from_torchvision` maps a
+torchvision ConvNeXt state_dict onto them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from neurojax.models.layers import DropPath
+from neurojax.models.registry import register
+from neurojax.nn.quadratic import Quadratic
+
+trunc_normal = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
+DIT_BLOCK = (0, 2)                  # (stage, block) that gets the quadratic term
+
+
+def conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1):
+  pad = (kernel - stride) // 2        # 3 for the 7x7 dwconv, 0 for the 4x4/4 and 2x2/2
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding=[(pad, pad)] * 2,
+                 feature_group_count=groups, dtype=dtype, kernel_init=trunc_normal, name=name)
+
+
+def dense(features: int, dtype, name: str):
+  return nn.Dense(features, dtype=dtype, kernel_init=trunc_normal, name=name)
+
+
+def layer_norm(dtype, name: str):
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
+
+
+class Block(nn.Module):
+  """The ConvNeXt block; with `dit`, Q(x) is added to the dwconv output."""
+  drop_path: float = 0.0
+  dit: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    h = conv(c, 7, 1, self.dtype, "conv_dw", groups=c)(x)
+    if self.dit:
+      h = h + Quadratic(c, dtype=self.dtype, name="quadratic")(x)
+    h = layer_norm(self.dtype, "norm")(h)
+    h = nn.gelu(dense(4 * c, self.dtype, "mlp_fc1")(h), approximate=False)
+    h = dense(c, self.dtype, "mlp_fc2")(h)
+    gamma = self.param("gamma", nn.initializers.constant(1e-6), (c,))
+    return x + DropPath(self.drop_path, name="drop_path")(h * gamma.astype(self.dtype), train)
+
+
+class ConvNeXt(nn.Module):
+  depths: tuple[int, ...] = (3, 3, 9, 3)
+  dims: tuple[int, ...] = (96, 192, 384, 768)
+  num_classes: int = 1000
+  drop_path: float = 0.0              # the last block's stochastic-depth rate
+  dit: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    rates = np.linspace(0.0, self.drop_path, sum(self.depths))
+    x = conv(self.dims[0], 4, 4, self.dtype, "stem_conv")(x.astype(self.dtype))
+    x = layer_norm(self.dtype, "stem_norm")(x)
+    i = 0
+    for s, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      if s > 0:
+        x = layer_norm(self.dtype, f"stages_{s}_downsample_norm")(x)
+        x = conv(dim, 2, 2, self.dtype, f"stages_{s}_downsample_conv")(x)
+      for b in range(depth):
+        x = Block(float(rates[i]), self.dit and (s, b) == DIT_BLOCK, self.dtype,
+                  name=f"stages_{s}_blocks_{b}")(x, train)
+        i += 1
+    x = layer_norm(self.dtype, "head_norm")(jnp.mean(x, axis=(1, 2)))
+    if not self.num_classes:          # a backbone: the pooled, normed features
+      return x
+    return dense(self.num_classes, self.dtype, "head_fc")(x)
+
+
+def _torchvision_path(key: str, ndim: int) -> tuple[str, ...]:
+  """torchvision ConvNeXt key -> (module, leaf) or (block, module, leaf)."""
+  parts = key.split(".")
+  leaf = {"weight": "kernel" if ndim > 1 else "scale", "bias": "bias",
+          "layer_scale": "gamma"}[parts[-1]]
+  if parts[0] == "classifier":                  # classifier.0 LN, .1 Flatten, .2 Linear
+    return ({"0": "head_norm", "2": "head_fc"}[parts[1]], leaf)
+  k, j = int(parts[1]), int(parts[2])           # features.k.j...
+  if k == 0:                                    # the stem: conv, LN
+    return (("stem_conv", "stem_norm")[j], leaf)
+  if k % 2 == 0:                                # features.2s: stage s's downsample: LN, conv
+    return (f"stages_{k // 2}_downsample_" + ("norm", "conv")[j], leaf)
+  block = f"stages_{k // 2}_blocks_{j}"         # features.2s+1.j: stage s's blocks
+  if leaf == "gamma":
+    return (block, leaf)
+  return (block, {"0": "conv_dw", "2": "norm", "3": "mlp_fc1", "5": "mlp_fc2"}[parts[4]], leaf)
+
+
+def from_torchvision(state_dict: dict) -> dict:
+  """Params for `ConvNeXt` from a torchvision convnext_* state_dict (tensors
+  or numpy arrays). A Dit model also needs its "quadratic" params added."""
+  params: dict = {}
+  for key, value in state_dict.items():
+    value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    *modules, leaf = _torchvision_path(key, value.ndim)
+    if value.ndim == 4:                         # OIHW -> HWIO
+      value = value.transpose(2, 3, 1, 0)
+    elif value.ndim == 2:                       # [out, in] -> [in, out]
+      value = value.T
+    node = params
+    for m in modules:
+      node = node.setdefault(m, {})
+    node[leaf] = value.reshape(-1) if leaf == "gamma" else value
+  return params
+
+
+_SIZES = {"tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+          "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+          "base": ((3, 3, 27, 3), (128, 256, 512, 1024))}
+
+
+def _convnext(size: str, dit: bool = False):
+  depths, dims = _SIZES[size]
+
+  def factory(num_classes: int = 1000, dtype: Any = jnp.float32, drop_path: float = 0.0):
+    if not 0.0 <= drop_path < 1.0:
+      raise ValueError(f"config.model.drop_path={drop_path} must be in [0, 1): the last "
+                       "block's stochastic-depth rate (the paper's: T 0.1, S 0.4, B 0.5)")
+    return ConvNeXt(depths=depths, dims=dims, num_classes=num_classes,
+                    drop_path=float(drop_path), dit=dit, dtype=dtype)
+  factory.backbone = True
+  return factory
+
+
+for _size in _SIZES:
+  register(f"convnext_{_size}")(_convnext(_size))
+  register(f"dit_convnext_{_size}")(_convnext(_size, dit=True))
