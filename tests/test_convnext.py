@@ -185,3 +185,17 @@ def test_drop_path_layer():
   assert abs(dropped.mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 4000)
   y2 = layer.apply({}, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
   assert not np.array_equal(y, y2)
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_imagenet_recipe_decays_exactly_the_weights_timm_decays(size):
+  """The configs' weight_decay_exclude spares exactly what timm's rule does
+  (every 1-D param: biases, LayerNorm scales, layer scale), and decays Q."""
+  from neurojax.config import load_config_file  # pylint: disable=g-import-not-at-top
+  from neurojax.train.optimizers import decay_mask  # pylint: disable=g-import-not-at-top
+  from tests.cli import ROOT  # pylint: disable=g-import-not-at-top
+  config = load_config_file(f"{ROOT}/configs/dit_convnext_{size}_imagenet.py")
+  params = abstract_params(config.model.name)
+  decayed = decay_mask(params, config.optimizer.weight_decay_exclude)(params)
+  chex.assert_trees_all_equal(decayed, jax.tree.map(lambda p: p.ndim > 1, params))
+  assert decayed["stages_0_blocks_2"]["quadratic"]["q"]
