@@ -7,7 +7,11 @@ of each model and method:
     python -m neurojax.plots --out generations.png runs/dnr_s0 runs/dnr_s1 runs/ke_s0 ...
     python -m neurojax.plots --out eval_matrix.png runs/kakuritsu_s0 runs/kakuritsu_s1 ...
 
-Kakuritsu runs give the eval matrix (heads x eval modes) averaged over seeds.
+Kakuritsu runs give the eval matrix (heads x eval modes) averaged over seeds;
+plain supervised runs give each model's final and best-epoch test top-1 and
+its test curve, seeds averaged:
+
+    python -m neurojax.plots --out dit.png runs/dit/resnet20_fmnist_s* runs/dit/dit_resnet20_fmnist_s*
 """
 
 from __future__ import annotations
@@ -181,6 +185,57 @@ def generation_summary(workdirs: list[str]) -> list[dict]:
   return rows
 
 
+def supervised_summary(workdirs: list[str]) -> list[dict]:
+  """Supervised runs grouped by model, seeds averaged: the final test top-1
+  and, labelled apart, the best epoch's (the best over the evals of each
+  run; the mean of those maxima), as mean and sample std; the test top-1
+  curve (`curve_epochs`, `curve_top1`, `curve_std`) and the training speed."""
+  groups: dict[str, list[dict]] = {}
+  for workdir in workdirs:
+    r = _results(workdir, "evals", "supervised")
+    if any(k in r for k in ("rounds", "generations", "heads")):
+      raise ValueError(f"{workdir} is not a plain supervised run")
+    groups.setdefault(r["model"], []).append(r)
+  rows = []
+  for model, runs in groups.items():
+    epochs = [[round(e["epoch"], 3) for e in run["evals"]] for run in runs]
+    if any(e != epochs[0] for e in epochs):
+      raise ValueError(f"the {model} runs were evaluated at different epochs; compare runs "
+                       "of one schedule")
+    best = [max(run["evals"], key=lambda e: e["top1"]) for run in runs]
+    curve = [_mean_std([run["evals"][i]["top1"] for run in runs]) for i in range(len(epochs[0]))]
+    final, final_std = _mean_std([run["final"]["top1"] for run in runs])
+    best_top1, best_std = _mean_std([b["top1"] for b in best])
+    rows.append({"model": model, "runs": len(runs), "epochs": epochs[0][-1],
+                 "final_top1": final, "final_std": final_std,
+                 "best_top1": best_top1, "best_std": best_std,
+                 "best_epochs": [b["epoch"] for b in best],
+                 "images_per_sec": float(np.median([r["images_per_sec"] for r in runs])),
+                 "curve_epochs": epochs[0], "curve_top1": [m for m, _ in curve],
+                 "curve_std": [sd for _, sd in curve]})
+  return rows
+
+
+def plot_supervised_summary(rows: list[dict], path: str, title: str = "") -> str:
+  """Test top-1 against epoch, one curve per model (seeds' mean, a band of
+  one sample std)."""
+  plt = _pyplot()
+
+  fig, ax = plt.subplots(figsize=(7.5, 4.2))
+  for row in rows:
+    mean, std = 100 * np.asarray(row["curve_top1"]), 100 * np.asarray(row["curve_std"])
+    line, = ax.plot(row["curve_epochs"], mean, marker="o", ms=3,
+                    label=f"{row['model']} (n={row['runs']}): final "
+                          f"{100 * row['final_top1']:.2f} ± {100 * row['final_std']:.2f}")
+    ax.fill_between(row["curve_epochs"], mean - std, mean + std, color=line.get_color(),
+                    alpha=0.2)
+  ax.set(xlabel="epoch", ylabel="test top-1 (%)",
+         title=title or "test top-1 (mean ± std over seeds)")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  return _save(fig, path)
+
+
 def plot_generation_summary(rows: list[dict], path: str) -> str:
   """Test top-1 against epochs trained, one curve per method (a point at the
   end of each generation, seeds' mean with sample-std bars)."""
@@ -252,10 +307,11 @@ def main(argv: list[str]) -> None:
   from neurojax.train.writers import format_table  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(prog="python -m neurojax.plots",
                                    description="Compares finished prune runs (accuracy against "
-                                   "fraction pruned) or generational runs (accuracy by "
-                                   "generation), seeds averaged.")
-  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs, all prune or "
-                      "all generational")
+                                   "fraction pruned), generational runs (accuracy by "
+                                   "generation), kakuritsu runs (the eval matrix) or plain "
+                                   "supervised runs (final and best top-1 by model), seeds "
+                                   "averaged.")
+  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs, all of one kind")
   parser.add_argument("--out", required=True, help="the PNG to write")
   args = parser.parse_args(argv)
   try:
@@ -274,7 +330,16 @@ def main(argv: list[str]) -> None:
       print("\nplot:", plot_eval_matrix(summary, args.out,
                                         f"heads x eval modes, mean of {len(args.workdirs)} runs"))
       return
-    generational = {"generations" in _results(w, "model", "neurojax") for w in args.workdirs}
+    kinds = [_results(w, "model", "neurojax") for w in args.workdirs]
+    if not any(k in r for r in kinds for k in ("rounds", "generations")):
+      rows = supervised_summary(args.workdirs)
+      print(format_table([{**r, "best_epochs": " ".join(f"{e:g}" for e in r["best_epochs"])}
+                          for r in rows], ["model", "runs", "epochs", "final_top1",
+                                           "final_std", "best_top1", "best_std",
+                                           "best_epochs"]))
+      print("\nplot:", plot_supervised_summary(rows, args.out))
+      return
+    generational = {"generations" in r for r in kinds}
     if generational == {True, False}:
       raise ValueError("give either prune runs or generational runs, not both")
     if generational == {True}:

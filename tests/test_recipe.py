@@ -203,3 +203,29 @@ def test_lr_group_matching_nothing_fails_clearly_and_leaves_the_workdir_reusable
           "parameter; the params are named like fc1/bias, fc1/kernel") in proc.stderr, proc.stderr[-2000:]
   assert not (workdir / "config.json").exists()
   cli.run(workdir, "--config.num_steps=20", "--config.optimizer.lr_groups=(('fc2', 10.0),)")
+
+
+def _supervised_run(path, model, top1s, final=None):
+  path.mkdir(parents=True)
+  evals = [{"step": 10 * (i + 1), "epoch": float(i + 1), "top1": t} for i, t in enumerate(top1s)]
+  (path / "results.json").write_text(json.dumps(
+      {"model": model, "evals": evals, "final": evals[-1], "images_per_sec": 100.0}))
+  return str(path)
+
+
+def test_supervised_summary_reports_final_and_best_epoch_apart(tmp_path, capsys):
+  from neurojax import plots  # pylint: disable=g-import-not-at-top
+  runs = [_supervised_run(tmp_path / "a0", "resnet20", [0.5, 0.9, 0.8]),
+          _supervised_run(tmp_path / "a1", "resnet20", [0.6, 0.7, 0.9]),
+          _supervised_run(tmp_path / "b0", "dit_resnet20", [0.5, 0.6, 0.7])]
+  rows = {r["model"]: r for r in plots.supervised_summary(runs)}
+  a = rows["resnet20"]
+  assert a["runs"] == 2 and a["final_top1"] == pytest.approx(0.85)
+  assert a["final_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+  assert a["best_top1"] == pytest.approx(0.9) and a["best_epochs"] == [2.0, 3.0]
+  assert a["curve_top1"] == pytest.approx([0.55, 0.8, 0.85])
+  assert rows["dit_resnet20"]["best_std"] == 0.0
+  plots.main(["--out", str(tmp_path / "s.png"), *runs])
+  assert "best_epochs" in capsys.readouterr().out and (tmp_path / "s.png").stat().st_size > 0
+  with pytest.raises(ValueError, match="evaluated at different epochs"):
+    plots.supervised_summary(runs + [_supervised_run(tmp_path / "a2", "resnet20", [0.5])])
