@@ -65,9 +65,10 @@ def _randomised_torchvision_tiny():
 def test_logits_match_torchvision_convnext_tiny():
   torch = pytest.importorskip("torch")
   tv = _randomised_torchvision_tiny()
-  params = convnext.from_torchvision(tv.state_dict())
+  from neurojax.convert import torchvision as convert  # pylint: disable=g-import-not-at-top
   model = models.get_model("convnext_tiny", num_classes=1000)
-  chex.assert_trees_all_equal_shapes(params, abstract_params("convnext_tiny"))
+  params = convert.convert_state_dict(tv.state_dict(), model, (64, 64, 3),
+                                      arch="convnext_tiny")["params"]
   x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)  # 2x2 at the end
   with torch.no_grad():
     expected = tv(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -199,3 +200,17 @@ def test_imagenet_recipe_decays_exactly_the_weights_timm_decays(size):
   decayed = decay_mask(params, config.optimizer.weight_decay_exclude)(params)
   chex.assert_trees_all_equal(decayed, jax.tree.map(lambda p: p.ndim > 1, params))
   assert decayed["stages_0_blocks_2"]["quadratic"]["q"]
+
+
+def test_converting_a_bad_convnext_state_dict_names_the_key():
+  pytest.importorskip("torchvision")
+  from neurojax.convert import torchvision as convert  # pylint: disable=g-import-not-at-top
+  state = _randomised_torchvision_tiny().state_dict()
+  model = models.get_model("convnext_tiny", num_classes=1000)
+  renamed = dict(state)
+  renamed["features.1.0.block.9.weight"] = renamed.pop("features.1.0.block.5.weight")
+  with pytest.raises(convert.ConversionError, match=r"unexpected key\(s\).*features.1.0.block.9"):
+    convert.convert_state_dict(renamed, model, (64, 64, 3), arch="convnext_tiny")
+  missing = {k: v for k, v in state.items() if k != "features.1.2.layer_scale"}
+  with pytest.raises(convert.ConversionError, match="missing.*stages_0_blocks_2.gamma"):
+    convert.convert_state_dict(missing, model, (64, 64, 3), arch="convnext_tiny")

@@ -1,7 +1,8 @@
-"""Import torchvision ResNet weights into neurojax's ResNets.
+"""Import torchvision ResNet and ConvNeXt weights into neurojax's models.
 
     python -m neurojax.convert.torchvision --arch resnet152 --weights IMAGENET1K_V1 --out DIR
     python -m neurojax.convert.torchvision --arch resnet50 --state-dict resnet50.pth --out DIR
+    python -m neurojax.convert.torchvision --arch convnext_tiny --weights IMAGENET1K_V1 --out DIR
 
 `--weights` loads through torchvision (it downloads, so it needs the
 internet); `--state-dict` reads a saved state_dict with
@@ -27,15 +28,26 @@ import sys
 import jax
 import numpy as np
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+         "convnext_tiny", "convnext_small", "convnext_base")
 
 
 class ConversionError(ValueError):
   """A state_dict that does not fit the model (the message names the key)."""
 
 
-def _target(key: str, ndim: int) -> tuple[str, ...]:
-  """torchvision key -> (collection, module..., leaf) in neurojax's ResNet."""
+def _classifier(arch: str) -> str:
+  return "classifier.2.weight" if arch.startswith("convnext") else "fc.weight"
+
+
+def _target(key: str, ndim: int, arch: str) -> tuple[str, ...]:
+  """torchvision key -> (collection, module..., leaf) in neurojax's model."""
+  if arch.startswith("convnext"):
+    from neurojax.models.convnext import torchvision_path  # pylint: disable=g-import-not-at-top
+    try:
+      return ("params", *torchvision_path(key, ndim))
+    except (IndexError, ValueError):
+      return ("unexpected", key)
   *modules, leaf = key.split(".")
   path = ".".join(modules)
   path = re.sub(r"^(layer\d+)\.(\d+)", r"\1_\2", path)
@@ -53,14 +65,18 @@ def _target(key: str, ndim: int) -> tuple[str, ...]:
 def _to_flax(array: np.ndarray) -> np.ndarray:
   if array.ndim == 4:                  # OIHW -> HWIO
     return array.transpose(2, 3, 1, 0)
+  if array.ndim == 3:                  # ConvNeXt's layer scale [C, 1, 1] -> [C]
+    return array.reshape(-1)
   if array.ndim == 2:                  # [out, in] -> [in, out]
     return array.T
   return array
 
 
-def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3)) -> dict:
-  """{"params", "batch_stats"} for `model` from a torchvision ResNet
-  state_dict of numpy arrays (or tensors); raises ConversionError."""
+def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3),
+                       arch: str = "resnet") -> dict:
+  """The variables ({"params"} and, for ResNets, {"batch_stats"}) of
+  `model` from a torchvision `arch` (a ResNet or ConvNeXt) state_dict of
+  numpy arrays (or tensors); raises ConversionError."""
   expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, *image_shape)))
   flat = {tuple(k.key for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(dict(expected))[0]}
@@ -69,7 +85,7 @@ def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3)) -> di
     if key.endswith("num_batches_tracked"):
       continue
     value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-    target = _target(key, value.ndim)
+    target = _target(key, value.ndim, arch)
     if target not in flat:
       unexpected.append(key)
       continue
@@ -153,11 +169,13 @@ def main(argv=None) -> None:
       state_dict = torchvision.models.get_model(args.arch, weights=args.weights).state_dict()
     else:
       state_dict = read_state_dict(args.state_dict)
-    if "fc.weight" not in state_dict:
-      raise ConversionError("missing from the state_dict: fc.weight")
-    num_classes = int(state_dict["fc.weight"].shape[0])
+    classifier = _classifier(args.arch)
+    if classifier not in state_dict:
+      raise ConversionError(f"missing from the state_dict: {classifier}; is --arch right?")
+    num_classes = int(state_dict[classifier].shape[0])
     variables = convert_state_dict(state_dict, models.get_model(args.arch,
-                                                                num_classes=num_classes))
+                                                                num_classes=num_classes),
+                                   arch=args.arch)
   except ConversionError as e:
     sys.exit(f"neurojax.convert: {e}")
   meta = {"arch": args.arch, "num_classes": num_classes,

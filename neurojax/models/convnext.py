@@ -20,8 +20,8 @@ zero-initialised `nn.quadratic.Quadratic` on the raw block input (no LN, no
 /2). It adds C^3 params: 884,736 for T and S, 2,097,152 for B.
 
 Module names follow timm's state_dict (`stages_1_downsample_conv`,
-`stages_0_blocks_2/conv_dw`, `head_fc`); `from_torchvision` maps a
-torchvision ConvNeXt state_dict onto them.
+`stages_0_blocks_2/conv_dw`, `head_fc`); `torchvision_path` maps torchvision's
+keys onto them, for `neurojax.convert.torchvision`.
 """
 
 from __future__ import annotations
@@ -101,13 +101,13 @@ class ConvNeXt(nn.Module):
     return dense(self.num_classes, self.dtype, "head_fc")(x)
 
 
-def _torchvision_path(key: str, ndim: int) -> tuple[str, ...]:
-  """torchvision ConvNeXt key -> (module, leaf) or (block, module, leaf)."""
+def torchvision_path(key: str, ndim: int) -> tuple[str, ...]:
+  """A torchvision ConvNeXt state_dict key -> our param path (module..., leaf)."""
   parts = key.split(".")
   leaf = {"weight": "kernel" if ndim > 1 else "scale", "bias": "bias",
-          "layer_scale": "gamma"}[parts[-1]]
+          "layer_scale": "gamma"}.get(parts[-1], parts[-1])
   if parts[0] == "classifier":                  # classifier.0 LN, .1 Flatten, .2 Linear
-    return ({"0": "head_norm", "2": "head_fc"}[parts[1]], leaf)
+    return ({"0": "head_norm", "2": "head_fc"}.get(parts[1], key), leaf)
   k, j = int(parts[1]), int(parts[2])           # features.k.j...
   if k == 0:                                    # the stem: conv, LN
     return (("stem_conv", "stem_norm")[j], leaf)
@@ -116,25 +116,8 @@ def _torchvision_path(key: str, ndim: int) -> tuple[str, ...]:
   block = f"stages_{k // 2}_blocks_{j}"         # features.2s+1.j: stage s's blocks
   if leaf == "gamma":
     return (block, leaf)
-  return (block, {"0": "conv_dw", "2": "norm", "3": "mlp_fc1", "5": "mlp_fc2"}[parts[4]], leaf)
-
-
-def from_torchvision(state_dict: dict) -> dict:
-  """Params for `ConvNeXt` from a torchvision convnext_* state_dict (tensors
-  or numpy arrays). A Dit model also needs its "quadratic" params added."""
-  params: dict = {}
-  for key, value in state_dict.items():
-    value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-    *modules, leaf = _torchvision_path(key, value.ndim)
-    if value.ndim == 4:                         # OIHW -> HWIO
-      value = value.transpose(2, 3, 1, 0)
-    elif value.ndim == 2:                       # [out, in] -> [in, out]
-      value = value.T
-    node = params
-    for m in modules:
-      node = node.setdefault(m, {})
-    node[leaf] = value.reshape(-1) if leaf == "gamma" else value
-  return params
+  return (block, {"0": "conv_dw", "2": "norm", "3": "mlp_fc1", "5": "mlp_fc2"}.get(
+      parts[4], parts[4]), leaf)
 
 
 _SIZES = {"tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
