@@ -249,30 +249,13 @@ def validate_config(
         _is_int(d[field]) and d[field] >= 0,
         f'config.data.{field}={d[field]!r} must be an integer >= 0.',
     )
-  ra_ops = d.get('randaugment_ops', 0)
-  _require(
-      _is_int(ra_ops) and ra_ops >= 0,
-      f'config.data.randaugment_ops={ra_ops!r} must be an integer >= 0'
-      ' (0: off; timm uses 2).',
-  )
-  ra_magnitude = d.get('randaugment_magnitude', 9.0)
-  _require(
-      0 <= ra_magnitude <= 10,
-      f'config.data.randaugment_magnitude={ra_magnitude!r} must be in'
-      ' [0, 10] (timm uses 9).',
-  )
-  ra_std = d.get('randaugment_magnitude_std', 0.5)
-  _require(
-      ra_std >= 0,
-      f'config.data.randaugment_magnitude_std={ra_std!r} must be >= 0'
-      ' (0: always the magnitude itself; timm uses 0.5).',
-  )
-  erasing = d.get('random_erasing', 0.0)
-  _require(
-      0 <= erasing <= 1,
-      f'config.data.random_erasing={erasing!r} must be a probability in'
-      ' [0, 1] (0: off; timm uses 0.25).',
-  )
+  for field, ok, valid in (
+      ('randaugment_ops', lambda v: _is_int(v) and v >= 0, 'an integer >= 0 (0: off; timm: 2)'),
+      ('randaugment_magnitude', lambda v: 0 <= v <= 10, 'in [0, 10] (timm: 9)'),
+      ('randaugment_magnitude_std', lambda v: v >= 0, '>= 0 (0: the magnitude itself; timm: 0.5)'),
+      ('random_erasing', lambda v: 0 <= v <= 1, 'a probability in [0, 1] (0: off; timm: 0.25)'),
+  ):
+    _require(ok(d[field]), f'config.data.{field}={d[field]!r} must be {valid}.')
   _require(
       _is_int(config.seed) and config.seed >= 0,
       f'config.seed={config.seed!r} must be an integer >= 0.',
