@@ -178,7 +178,10 @@ def test_resume_with_every_recipe_piece_equals_no_interruption(tmp_path):
           "--config.ema_decay=0.9", "--config.optimizer.grad_accum_steps=3",
           "--config.keep_checkpoints=5"]
   reference = tmp_path / "reference"
-  cli.run(reference, *args)
+  proc = cli.run(reference, *args)
+  assert "ema_top1" in proc.stdout and "the best epoch's, picked on the test set" in proc.stdout
+  results = json.loads((reference / "results.json").read_text())
+  assert results["best"] == max(results["evals"], key=lambda e: e["top1"])
   resumed = tmp_path / "resumed"
   shutil.copytree(reference, resumed)
   for step in (30, 45, 60):                 # back to the checkpoint of step 15

@@ -66,7 +66,7 @@ def train(config, workdir: str, **setup_options):
       "resumed_from": exp.resumed_from, "train_seconds_this_run": time.perf_counter() - start,
       "train_step_compiles": compiles,
       "images_per_sec": float(np.median(speeds)) if speeds else None,   # training, median
-      "final": history[-1], "evals": history,
+      "final": history[-1], "best": max(history, key=lambda e: e["top1"]), "evals": history,
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
@@ -74,7 +74,11 @@ def train(config, workdir: str, **setup_options):
         f"({results['epochs']:.1f} epochs) of batch {config.batch_size}; this run trained "
         f"{exp.num_steps - (exp.resumed_from or 0)} of them in "
         f"{results['train_seconds_this_run']:.0f} s; workdir {workdir}")
-  print(format_table(history, ["step", "epoch", "loss", "top1", "top5"]))
+  ema = ["ema_loss", "ema_top1", "ema_top5"] if "ema_top1" in history[-1] else []
+  print(format_table(history, ["step", "epoch", "loss", "top1", "top5", *ema]))
+  best = results["best"]
+  print(f"final test top-1 {100 * history[-1]['top1']:.2f}%; the best epoch's, picked on the "
+        f"test set: {100 * best['top1']:.2f}% at epoch {best['epoch']:g}")
   print(f"curves: {plot_training_curves(workdir)}; metrics: {exp.writer.path}; "
         f"TensorBoard: tensorboard --logdir {os.path.join(workdir, 'tb')}")
   return results, state
