@@ -232,3 +232,25 @@ def test_supervised_summary_reports_final_and_best_epoch_apart(tmp_path, capsys)
   assert "best_epochs" in capsys.readouterr().out and (tmp_path / "s.png").stat().st_size > 0
   with pytest.raises(ValueError, match="evaluated at different epochs"):
     plots.supervised_summary(runs + [_supervised_run(tmp_path / "a2", "resnet20", [0.5])])
+
+
+def test_mixing_ema_and_accumulation_on_8_devices_match_1():
+  """The batch's reverse is the global batch's, so sharding changes nothing."""
+  from neurojax import parallel  # pylint: disable=g-import-not-at-top
+  from neurojax.train import steps  # pylint: disable=g-import-not-at-top
+  cfg = _mix_cfg(mixup_alpha=0.8, cutmix_alpha=1.0)
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    tx = _optimizer(2, 0.05)
+    model = _Linear()
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), (2, 2, 1),
+                               parallel.replicated(mesh), ema=True)
+    step = steps.jit_train_step(train_step_fn(model, tx, mix=cfg, ema_decay=0.9, accum_steps=2,
+                                              label_smoothing=0.1), mesh)
+    for b in _data(4, 16):
+      b = {"image": b["image"].reshape(16, 2, 2, 1), "label": b["label"]}
+      state, _ = step(state, parallel.shard_batch(b, mesh))
+    out.append(jax.device_get((state.params, state.ema_params)))
+  assert len(jax.devices()) == 8
+  chex.assert_trees_all_close(out[0], out[1], rtol=1e-5, atol=1e-6)
