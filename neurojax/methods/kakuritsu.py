@@ -42,6 +42,7 @@ from neurojax.nn.gating import Gate, GatedHead, OnBackbone
 from neurojax.train import losses
 from neurojax.train.schedules import SCHEDULES
 from neurojax.train.experiment import check_or_save_config, load_run
+from neurojax.train import steps as steps_lib
 from neurojax.train.steps import model_variables
 from neurojax.train.writers import format_table
 from neurojax.tree import path_str
@@ -211,11 +212,7 @@ def eval_matrix(model: OnBackbone, state, data, mesh, gates: dict[str, Gate], se
   rep = parallel.replicated(mesh)
   jitted = jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh), rep),
                    out_shardings=rep)
-  totals = None
-  for index, batch in enumerate(data.eval.batches()):
-    sums = jitted(state, parallel.shard_batch(batch, mesh), jnp.int32(index))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  totals = steps_lib.sum_over_batches(jitted, state, data.eval.batches(), mesh, indexed=True)
   return {name: losses.means(totals[name]) for name in gates}
 
 

@@ -101,10 +101,18 @@ def jit_eval_step(step, mesh):
   return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=rep)
 
 
-def evaluate(eval_step, state, batches, mesh) -> dict:
-  """Runs `eval_step` over all eval batches; sums stay on device until the end."""
+def sum_over_batches(eval_step, state, batches, mesh, indexed: bool = False):
+  """The sum over all eval batches of `eval_step(state, batch)` (with
+  `indexed`, `eval_step(state, batch, index)`), a pytree of sums; they stay
+  on device until the end."""
   totals = None
-  for batch in batches:
-    sums = eval_step(state, parallel.shard_batch(batch, mesh))
+  for index, batch in enumerate(batches):
+    extra = (jnp.int32(index),) if indexed else ()
+    sums = eval_step(state, parallel.shard_batch(batch, mesh), *extra)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return losses.means(jax.device_get(totals))
+  return jax.device_get(totals)
+
+
+def evaluate(eval_step, state, batches, mesh) -> dict:
+  """Runs `eval_step` over all eval batches: the metric means."""
+  return losses.means(sum_over_batches(eval_step, state, batches, mesh))
