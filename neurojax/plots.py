@@ -185,8 +185,9 @@ def generation_summary(workdirs: list[str]) -> list[dict]:
   return rows
 
 
-def supervised_summary(workdirs: list[str]) -> list[dict]:
-  """Supervised runs grouped by model, seeds averaged: the final test top-1
+def supervised_summary(workdirs: list[str], labels: dict[str, str] | None = None) -> list[dict]:
+  """Supervised runs grouped by model (or by `labels[workdir]`), seeds
+  averaged: the final test top-1
   and, labelled apart, the best epoch's (the best over the evals of each
   run; the mean of those maxima), as mean and sample std; the test top-1
   curve (`curve_epochs`, `curve_top1`, `curve_std`) and the training speed."""
@@ -195,7 +196,7 @@ def supervised_summary(workdirs: list[str]) -> list[dict]:
     r = _results(workdir, "evals", "supervised")
     if any(k in r for k in ("rounds", "generations", "heads")):
       raise ValueError(f"{workdir} is not a plain supervised run")
-    groups.setdefault(r["model"], []).append(r)
+    groups.setdefault((labels or {}).get(workdir, r["model"]), []).append(r)
   rows = []
   for model, runs in groups.items():
     epochs = [[round(e["epoch"], 3) for e in run["evals"]] for run in runs]
