@@ -208,6 +208,7 @@ def supervised_summary(workdirs: list[str], labels: dict[str, str] | None = None
     final, final_std = _mean_std([run["final"]["top1"] for run in runs])
     best_top1, best_std = _mean_std([b["top1"] for b in best])
     rows.append({"model": model, "runs": len(runs), "epochs": epochs[0][-1],
+                 "finals": [run["final"]["top1"] for run in runs],
                  "final_top1": final, "final_std": final_std,
                  "best_top1": best_top1, "best_std": best_std,
                  "best_epochs": [b["epoch"] for b in best],
@@ -218,22 +219,34 @@ def supervised_summary(workdirs: list[str], labels: dict[str, str] | None = None
 
 
 def plot_supervised_summary(rows: list[dict], path: str, title: str = "") -> str:
-  """Test top-1 against epoch, one curve per model (seeds' mean, a band of
-  one sample std)."""
+  """Left: test top-1 against epoch, one curve per model (seeds' mean, a
+  band of one sample std). Right: each run's final test top-1, with the
+  models' mean ± std."""
   plt = _pyplot()
 
-  fig, ax = plt.subplots(figsize=(7.5, 4.2))
-  for row in rows:
+  fig, (ax, ax_final) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                     gridspec_kw={"width_ratios": [2, 1]})
+  for i, row in enumerate(rows):
     mean, std = 100 * np.asarray(row["curve_top1"]), 100 * np.asarray(row["curve_std"])
     line, = ax.plot(row["curve_epochs"], mean, marker="o", ms=3,
-                    label=f"{row['model']} (n={row['runs']}): final "
-                          f"{100 * row['final_top1']:.2f} ± {100 * row['final_std']:.2f}")
+                    label=f"{row['model']} (n={row['runs']})")
     ax.fill_between(row["curve_epochs"], mean - std, mean + std, color=line.get_color(),
                     alpha=0.2)
+    finals = 100 * np.asarray(row["finals"])
+    ax_final.plot(np.full(len(finals), i) + np.linspace(-0.12, 0.12, len(finals)), finals, "o",
+                  color=line.get_color(), alpha=0.6)
+    ax_final.errorbar([i + 0.3], [100 * row["final_top1"]], yerr=[100 * row["final_std"]],
+                      fmt="s", color=line.get_color(), capsize=4)
+    ax_final.annotate(f"{100 * row['final_top1']:.2f}", (i + 0.36, 100 * row["final_top1"]),
+                      fontsize=8, va="center")
   ax.set(xlabel="epoch", ylabel="test top-1 (%)",
          title=title or "test top-1 (mean ± std over seeds)")
   ax.grid(alpha=0.3)
   ax.legend(loc="lower right", fontsize=8)
+  ax_final.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=15, fontsize=8)
+  ax_final.set_xlim(-0.5, len(rows) - 0.2)
+  ax_final.set(ylabel="final test top-1 (%)", title="final epoch: runs, mean ± std")
+  ax_final.grid(alpha=0.3, axis="y")
   return _save(fig, path)
 
 
