@@ -11,7 +11,7 @@ with and without the EMA:
 
 On a CPU, shrink it: `--config.batch_size=8 --config.data.image_size=32
 --config.data.eval_resize=36 --config.data.synthetic_shape="(40,40,3)"
---config.eval_batch_size=16`.
+--config.eval_batch_size=16 --config.data.synthetic_eval_size=32`.
 """
 
 from neurojax.config import sibling_config
