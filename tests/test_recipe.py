@@ -132,7 +132,7 @@ def test_accumulating_k_micro_batches_equals_one_big_batch():
   big = _data(3, 20)
   micro = [{k: v[i * 5:(i + 1) * 5] for k, v in b.items()} for b in big for i in range(4)]
   s_big, traj_big = _run(_optimizer(1, lambda u: sched(4 * u)), big, ema_decay=0.9)
-  s_acc, traj_acc = _run(_optimizer(4, sched), micro, ema_decay=0.9, accum_steps=4)
+  s_acc, traj_acc = _run(_optimizer(4, sched), micro, ema_decay=0.9)
   chex.assert_trees_all_close(s_acc.params, s_big.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(s_acc.ema_params, s_big.ema_params, rtol=1e-5, atol=1e-6)
   # The params move only at the k-th micro-step.
@@ -246,7 +246,7 @@ def test_mixing_ema_and_accumulation_on_8_devices_match_1():
     model = _Linear()
     state = create_train_state(model, tx, jax.random.PRNGKey(0), (2, 2, 1),
                                parallel.replicated(mesh), ema=True)
-    step = steps.jit_train_step(train_step_fn(model, tx, mix=cfg, ema_decay=0.9, accum_steps=2,
+    step = steps.jit_train_step(train_step_fn(model, tx, mix=cfg, ema_decay=0.9,
                                               label_smoothing=0.1), mesh)
     for b in _data(4, 16):
       b = {"image": b["image"].reshape(16, 2, 2, 1), "label": b["label"]}

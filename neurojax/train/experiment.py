@@ -80,8 +80,7 @@ class Experiment:
     c = self.config
     return steps_lib.jit_train_step(steps_lib.train_step_fn(
         self.model, tx or self.tx, label_smoothing=c.label_smoothing,
-        schedule=schedule or self.schedule, mix=c.mix, ema_decay=c.ema_decay,
-        accum_steps=c.optimizer.grad_accum_steps), self.mesh)
+        schedule=schedule or self.schedule, mix=c.mix, ema_decay=c.ema_decay), self.mesh)
 
   def evaluator(self):
     """`evaluate(step, state)`: test metrics over the whole eval split, written

@@ -25,16 +25,15 @@ def model_variables(params, batch_stats):
 
 
 def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
-                  schedule: Callable | None = None, mix=None, ema_decay: float = 0.0,
-                  accum_steps: int = 1):
+                  schedule: Callable | None = None, mix=None, ema_decay: float = 0.0):
   """The pure (unjitted) train step: `(state, batch) -> (state, metrics)`.
 
   The step's key is `fold_in(state.rng, state.step)`: the "dropout" RNG
   stream's, and folded with 1, the "gate" stream's (`nn.gating`), with 2
   the mixup/cutmix key (`mix` is `config.mix`; `train.mix`). With
   `ema_decay`, `state.ema_params <- d * ema_params + (1 - d) * params` after
-  each optimizer update (every `accum_steps` steps with gradient
-  accumulation). Metrics are global batch means: loss, top1 and top5 (of the
+  each optimizer update (with gradient accumulation, only at the steps where
+  optax.MultiSteps applies one: its `mini_step` is back to 0). Metrics are global batch means: loss, top1 and top5 (of the
   unmixed labels) and (with `schedule`) lr.
   """
   mixing = mix is not None and mix_lib.enabled(mix)
@@ -65,7 +64,8 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               batch_stats=updates.get("batch_stats", state.batch_stats))
     if ema_decay:
-      updated = (state.step + 1) % accum_steps == 0
+      mini_step = optax.tree_utils.tree_get(opt_state, "mini_step")
+      updated = True if mini_step is None else mini_step == 0
       new_state = new_state.replace(ema_params=jax.tree.map(
           lambda e, p: jnp.where(updated, ema_decay * e + (1 - ema_decay) * p, e),
           state.ema_params, params))
