@@ -19,7 +19,6 @@ alternating, the ratio paired per round.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -123,12 +122,10 @@ def main():
           f"{100 * row['final_std']:.2f} | {100 * row['best_top1']:.2f} ± "
           f"{100 * row['best_std']:.2f} | {', '.join(f'{e:g}' for e in row['best_epochs'])} | "
           f"{1e3 * statistics.median(t):.1f} | {ratio:.2f} |")
-  final = {arm: {os.path.basename(w).rsplit("_s", 1)[1]: json.load(open(
-      os.path.join(w, "results.json")))["final"]["top1"] for w in dirs}
-           for arm, dirs in workdirs.items()}
-  for arm in final:
-    if arm != "resnet20" and "resnet20" in final:
-      gains = [final[arm][s] - final["resnet20"][s] for s in final[arm] if s in final["resnet20"]]
+  finals = {row["model"]: np.asarray(row["finals"]) for row in rows}   # in seed order
+  for arm, values in finals.items():
+    if arm != "resnet20" and "resnet20" in finals and len(values) == len(finals["resnet20"]):
+      gains = values - finals["resnet20"]
       print(f"{arm} minus resnet20, final top-1, paired by seed: "
             f"{', '.join(f'{100 * g:+.2f}' for g in gains)} (mean {100 * np.mean(gains):+.2f} "
             f"± {100 * np.std(gains, ddof=1):.2f})")

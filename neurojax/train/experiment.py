@@ -15,6 +15,7 @@ from absl import logging
 
 from neurojax import models, parallel
 from neurojax.train import checkpoint as ckpt_lib
+from neurojax.train import losses
 from neurojax.train import steps as steps_lib
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
@@ -86,14 +87,17 @@ class Experiment:
     """`evaluate(step, state)`: test metrics over the whole eval split, written
     under eval/ (a `Hook` function); with model EMA also the EMA params', as
     eval/ema_*. Its `.steps` lists the steps evaluated."""
-    eval_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(self.model), self.mesh)
-    ema_step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(self.model, ema=True), self.mesh)
+    plain = steps_lib.eval_step_fn(self.model)
+    ema = steps_lib.eval_step_fn(self.model, ema=True) if self.config.ema_decay else None
+
+    def both(state, batch):      # one pass over the eval data, for both param sets
+      return {"": plain(state, batch), **({"ema_": ema(state, batch)} if ema else {})}
+    eval_step = steps_lib.jit_eval_step(both, self.mesh)
 
     def evaluate(step: int, state: TrainState) -> dict:
-      metrics = steps_lib.evaluate(eval_step, state, self.data.eval.batches(), self.mesh)
-      if state.ema_params is not None:
-        ema = steps_lib.evaluate(ema_step, state, self.data.eval.batches(), self.mesh)
-        metrics.update({f"ema_{k}": v for k, v in ema.items()})
+      totals = steps_lib.sum_over_batches(eval_step, state, self.data.eval.batches(), self.mesh)
+      metrics = {prefix + k: v for prefix, sums in totals.items()
+                 for k, v in losses.means(sums).items()}
       self.writer.write(step, metrics, prefix="eval/")
       evaluate.steps.append(step)
       logging.info("eval at step %d: %s", step, metrics)

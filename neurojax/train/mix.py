@@ -54,8 +54,13 @@ def mix_batch(key, images, cfg):
     use_cutmix = jnp.asarray(cfg.cutmix_alpha > 0)
   apply = jax.random.uniform(k_apply) < cfg.prob
   lam_mixup, lam_cutmix = jnp.where(apply, lam_mixup, 1.0), jnp.where(apply, lam_cutmix, 1.0)
-  box, lam_box = cutmix_box(k_box, images.shape[1], images.shape[2], lam_cutmix)
-  cut = jnp.where(box[None, :, :, None], reverse, images)
-  mixed = (lam_mixup * images.astype(jnp.float32)
-           + (1 - lam_mixup) * reverse.astype(jnp.float32)).astype(images.dtype)
-  return jnp.where(use_cutmix, cut, mixed), jnp.where(use_cutmix, lam_box, lam_mixup)
+
+  def cutmix():
+    box, lam = cutmix_box(k_box, images.shape[1], images.shape[2], lam_cutmix)
+    return jnp.where(box[None, :, :, None], reverse, images), lam
+
+  def mixup():
+    mixed = lam_mixup * images.astype(jnp.float32) + (1 - lam_mixup) * reverse.astype(jnp.float32)
+    return mixed.astype(images.dtype), lam_mixup
+
+  return jax.lax.cond(use_cutmix, cutmix, mixup)     # only the chosen one is computed
