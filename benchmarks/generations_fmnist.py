@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 
 from neurojax import plots  # noqa: E402
 from neurojax.config import load_config_file  # noqa: E402
-from neurojax.train.writers import format_table  # noqa: E402
+from neurojax.tables import format_table  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "dnr_fmnist.py")
 

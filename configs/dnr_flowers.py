@@ -58,7 +58,7 @@ def get_config(policy="dnr"):
   c.checkpoint_every_steps = 10 * 31
   c.generations.policy = policy
   c.generations.num_generations = 11
-  c.generations.keep = 0.8
+  c.generations.reset = 0.2              # re-draw the 20% least salient weights
   c.generations.split_rate = 0.5
   c.generations.reset_layer = "layer4"
   return c

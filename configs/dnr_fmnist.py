@@ -42,5 +42,5 @@ def get_config():
   c.log_every_steps = 15
   c.generations.policy = "dnr"
   c.generations.num_generations = GENS
-  c.generations.keep = 0.8
+  c.generations.reset = 0.2              # re-draw the 20% least salient weights
   return c

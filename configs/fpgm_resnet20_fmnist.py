@@ -4,13 +4,14 @@ He et al. (CVPR 2019) prune the filters nearest the geometric median of
 each layer. Here: train the CIFAR-style ResNet-20 (269k params, option-A
 shortcuts) densely on a balanced 10k-image subset (sized for a CPU), then
 prune the inner channels of every residual block
-(conv1's filters, with their BN and conv2's inputs) to the `targets`
-(fraction of each block's channels pruned), retraining `retrain_epochs`
-after each step. At the end the pruned channels are cut out: the slimmed
-dense model is written to <workdir>/slim and must give the same logits.
+(conv1's filters, with their BN and conv2's inputs) to the `prune.targets`
+(fraction of each block's channels pruned), retraining `prune.retrain.epochs`
+(cosine from 0.05) after each step. At the end the pruned channels are cut
+out: the slimmed dense model is written to <workdir>/slim and must give the
+same logits.
 """
 
-from neurojax.config import base_config
+from neurojax.config import base_config, schedule_config
 
 
 def get_config():
@@ -28,7 +29,7 @@ def get_config():
   c.method = "prune"
   c.sparsity.score = "fpgm"
   c.sparsity.selection = "channels"
-  c.sparsity.targets = (0.3, 0.5)
-  c.sparsity.retrain_epochs = 3.0
-  c.sparsity.retrain_lr = 0.05
+  c.prune.targets = (0.3, 0.5)
+  c.prune.retrain.epochs = 3.0
+  c.prune.retrain.schedule = schedule_config(name="cosine", lr=0.05)   # restarts every round
   return c

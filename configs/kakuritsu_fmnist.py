@@ -17,7 +17,7 @@ a size this CPU can run, from one command:
    gates, switched off, Kakuritsu p=0.5 and Dropout 0.5.
 """
 
-from neurojax.config import base_config
+from neurojax.config import base_config, schedule_config
 
 PRETRAIN, EPOCHS = 4, 3
 
@@ -38,7 +38,6 @@ def get_config():
   c.schedule.name = "constant"
   c.schedule.lr = 0.01
   c.log_every_steps = 26
-  c.kakuritsu.pretrain_epochs = float(PRETRAIN)
-  c.kakuritsu.pretrain_lr = 0.1          # the backbone: cosine from 0.1
-  c.kakuritsu.pretrain_schedule = "cosine"
+  c.kakuritsu.pretrain.epochs = float(PRETRAIN)
+  c.kakuritsu.pretrain.schedule = schedule_config(name="cosine", lr=0.1)   # the backbone
   return c

@@ -4,17 +4,28 @@ Every config file in `configs/` starts from `base_config()`, so every knob
 exists in every experiment and can be overridden on the command line as
 `--config.a.b=value`. `validate(config)` runs before anything is built or
 compiled; each error names the field, the bad value and the valid choices.
+
+The trainer's sections are built here, with the shared ones: `config.schedule`
+(`schedule_config()`, also the shape of a method's phase schedules, e.g.
+`config.prune.retrain.schedule`) and `config.sparsity` (`sparsity_config()`).
+Each method's own section (`config.prune`, `config.generations`,
+`config.kakuritsu`) comes from its module's `config()` and is checked by its
+`validate()` (`neurojax.methods`).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import math
+import numbers
 import os
 import re
+import tempfile
 
 import ml_collections
 
-from neurojax import models
+from neurojax import models, parallel
 from neurojax.train.optimizers import OPTIMIZERS
 from neurojax.train.schedules import SCHEDULES
 
@@ -23,9 +34,63 @@ class ConfigError(ValueError):
   pass
 
 
+class WorkdirError(ValueError):
+  """The workdir (or another output folder) cannot be created or written."""
+
+
 def model_config(name: str) -> ml_collections.ConfigDict:
   """`config.model` for model `name`: its name and all its options at their defaults."""
   return ml_collections.ConfigDict({"name": name, **models.default_options(name)})
+
+
+def schedule_config(**overrides) -> ml_collections.ConfigDict:
+  """A learning-rate schedule section (`train.schedules.make_schedule`): `config.schedule`,
+  and the schedules of a method's own phases (`config.prune.retrain.schedule`,
+  `config.kakuritsu.pretrain.schedule`). `overrides` set some fields, e.g.
+  `schedule_config(name="constant", lr=0.01)`; `validate_schedule` checks one."""
+  c = ml_collections.ConfigDict(dict(
+      name="cosine",                # constant | cosine | multistep | step
+      lr=0.05,                      # the peak lr (after warm-up)
+      warmup_epochs=0.0,            # linear from 0 (cosine, multistep)
+      final_lr_fraction=0.0,        # cosine: ends at lr * final_lr_fraction
+      milestones=(0,),              # multistep: lr *= gamma at each of these epochs
+      gamma=0.1,                    # multistep, step: the lr factor
+      step_epochs=30.0))            # step: lr * gamma ** (epoch // step_epochs)
+  unknown = sorted(set(overrides) - set(c.keys()))
+  if unknown:
+    raise TypeError(f"schedule_config() has no field {', '.join(unknown)}; its fields are: "
+                    f"{', '.join(c.keys())}")
+  c.update(overrides)
+  return c
+
+
+def sparsity_config() -> ml_collections.ConfigDict:
+  """`config.sparsity`: the sparsity library's knobs, shared by every method
+  that scores or masks weights (method="prune"; generations' DNR mask uses
+  snip_batches). `validate_sparsity` checks it."""
+  return ml_collections.ConfigDict(dict(
+      # Which weights masks cover: regexes on '/'-joined param paths.
+      include=r"(^|/)kernel$", exclude="",
+      score="magnitude",            # magnitude | snip | random | fpgm
+      selection="global",           # global | per_layer | std | channels
+      quality=1.0,                  # selection="std": keep |w| > quality * std(w)
+      snip_batches=0))              # SNIP's batches (prune's snip score, DNR's mask);
+                                    # 0: ceil(steps per epoch / 32)
+
+
+# Fields that were renamed or moved: {old name: what replaced it}. main names
+# the new field when an override uses an old one.
+RENAMED_FIELDS = {
+    "sparsity.targets": "prune.targets",
+    "sparsity.retrain_epochs": "prune.retrain.epochs",
+    "sparsity.retrain_lr": "prune.retrain.schedule.lr (the retrain schedule is "
+                           "prune.retrain.schedule)",
+    "generations.keep": "generations.reset, the fraction re-drawn (keep=0.8 is reset=0.2)",
+    "generations.snip_batches": "sparsity.snip_batches (0: ceil(steps per epoch / 32))",
+    "kakuritsu.pretrain_epochs": "kakuritsu.pretrain.epochs",
+    "kakuritsu.pretrain_lr": "kakuritsu.pretrain.schedule.lr",
+    "kakuritsu.pretrain_schedule": "kakuritsu.pretrain.schedule.name",
+}
 
 
 def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
@@ -57,9 +122,7 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
       lr_groups=(),                 # (regex, lr multiplier) pairs, e.g. (("quadratic", 10.0),)
       grad_accum_steps=1,           # k > 1: one update per k steps (effective batch k * batch_size)
       b1=0.9, b2=0.999, eps=1e-8))
-  c.schedule = ml_collections.ConfigDict(dict(
-      name="cosine", lr=0.05, warmup_epochs=0.0, final_lr_fraction=0.0, milestones=(0,),
-      gamma=0.1, step_epochs=30.0))
+  c.schedule = schedule_config()
   c.label_smoothing = 0.0
   # Mixup/cutmix of each training batch with its reverse (train/mix.py), on device.
   c.mix = ml_collections.ConfigDict(dict(
@@ -75,46 +138,83 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoint = True
   c.progress = True
+  # True: when nothing can be restored but the workdir holds an earlier run's
+  # history (metrics, TensorBoard events, quarantined checkpoints), start again
+  # from step 0 and move that history to <workdir>/history/<n>/ (kept). Without
+  # it such a run stops with an error. Never discards a usable checkpoint.
+  c.restart = False
 
-  # Which weights masks cover (regexes on '/'-joined param paths), and the
-  # pruning schedule of method="prune".
-  c.sparsity = ml_collections.ConfigDict(dict(
-      include=r"(^|/)kernel$", exclude="",
-      score="magnitude",            # magnitude | snip | random | fpgm
-      selection="global",           # global | per_layer | std | channels
-      targets=(0.5, 0.75, 0.9),     # fraction pruned after each round (one entry: one-shot)
-      quality=1.0,                  # selection="std": keep |w| > quality * std(w)
-      retrain_epochs=4.0,           # per round, with a fresh optimizer and schedule
-      retrain_lr=0.01,
-      snip_batches=1))
-
-  # method="generations": DNR, KE, LLF, layer-wise reinit, the long baseline.
-  c.generations = ml_collections.ConfigDict(dict(
-      policy="dnr",                 # dnr | ke | llf | layerwise | none
-      num_generations=3,            # each of num_epochs, with a fresh optimizer and schedule
-      keep=0.8,                     # dnr: keep the 80% most salient (SNIP) weights
-      snip_batches=0,               # dnr: 0 = ceil(batches per epoch / 32)
-      split_rate=0.5,               # ke: the fraction of channels kept
-      reset_layer="layer4"))        # llf: re-draw from this stage on
-
-  # method="kakuritsu": gated heads (K, D, W) on a backbone, and the eval matrix.
-  c.kakuritsu = ml_collections.ConfigDict(dict(
-      backbone="",                  # a converted torchvision checkpoint, a workdir, or "random"
-      pretrain_epochs=0.0,          # > 0: train config.model here first, as the backbone
-      pretrain_lr=0.0,              # its lr (0: schedule.lr)
-      pretrain_schedule="",         # its schedule.name ("": schedule.name)
-      train_backbone=False,         # True: train the whole network (from scratch, or fine-tune)
-      backbone_bn="batch",          # batch (the original: BN in train mode) | running
-      heads=("K", "D", "W"),
-      hidden=1000,                  # the heads' hidden width
-      p=0.5,                        # K's keep probability
-      dropout=0.5,                  # D's dropout rate
-      eval_p=0.5,                   # the "kakuritsu" eval mode's keep probability
-      eval_dropout=0.5))            # the "dropout" eval mode's rate
+  c.sparsity = sparsity_config()
+  # Each method's own section (config.prune, config.generations, config.kakuritsu),
+  # from its module's config(): see neurojax/methods/__init__.py.
+  # (imported here: the methods import this module)
+  from neurojax import methods  # pylint: disable=g-import-not-at-top
+  for section, defaults in methods.sections().items():
+    c[section] = defaults
 
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
   return c
+
+
+def os_error_message(error: OSError, path: str, flag: str = "--workdir") -> str:
+  """One line naming `path` (passed as `flag`) and the fix, for an OSError
+  raised creating or writing it."""
+  where = f"{flag}={path}"
+  code = getattr(error, "errno", None)
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+    return f"{where}: {what}; free some space there or pass another {flag}"
+  if code == errno.EROFS:
+    return f"{where} is on a read-only file system; pass a {flag} on a writable disk"
+  if code in (errno.EACCES, errno.EPERM):
+    return (f"{where}: permission denied (cannot create or write files there); pass a {flag} "
+            f"you can write to, or fix its permissions")
+  if code in (errno.ENOTDIR, errno.EEXIST):
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      what = (f"{where} is an existing file, not a directory" if existing == os.path.abspath(path)
+              else f"{where}: {existing} is a file, not a directory")
+      return f"{what}; pass a directory path (it is created if missing)"
+  return f"{where} cannot be written ({error.strerror or error}); pass another {flag}"
+
+
+def remove_empty_dirs(dirs) -> None:
+  """Removes `dirs` (deepest first) while they are empty: undoes
+  `check_writable_dir` when a run stops before writing anything."""
+  for d in dirs:
+    try:
+      os.rmdir(d)
+    except OSError:
+      return
+
+
+def check_writable_dir(path: str, flag: str = "--workdir") -> list[str]:
+  """Creates the directory `path` if needed and writes (and removes) a small
+  file there, so that an unusable output folder stops a run before anything
+  is built. Returns the directories it created, deepest first; raises
+  WorkdirError with a one-line message naming `path` and the fix."""
+  absolute = os.path.abspath(path)
+  created, p = [], absolute
+  while not os.path.lexists(p) and p != os.path.dirname(p):
+    created.append(p)
+    p = os.path.dirname(p)
+  try:
+    os.makedirs(absolute, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".neurojax-write-test-", dir=absolute)
+    try:
+      try:
+        os.write(fd, b"\0" * 4096)
+      finally:
+        os.close(fd)
+    finally:
+      os.unlink(probe)
+  except OSError as e:
+    remove_empty_dirs(created)
+    raise WorkdirError(os_error_message(e, path, flag)) from e
+  return created
 
 
 def load_config_file(path: str, *args) -> ml_collections.ConfigDict:
@@ -138,17 +238,123 @@ def _choice(value, field: str, choices) -> None:
                       f"{', '.join(map(str, choices))}")
 
 
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _number(config, field: str, low=None, high=None, *, low_open: bool = False,
+            high_open: bool = False, integer: bool = False, hint: str = "") -> None:
+  """Raises ConfigError unless config.<field> is a finite number (an integer
+  with `integer`) in the range given by low/high (open ends with *_open)."""
+  value = _get(config, field)
+  if low is not None and high is not None:
+    valid = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+  elif low is not None:
+    valid = f"{'>' if low_open else '>='} {low}"
+  elif high is not None:
+    valid = f"{'<' if high_open else '<='} {high}"
+  else:
+    valid = "a finite number"
+  if integer and not _is_int(value):
+    raise ConfigError(f"config.{field}={value!r} must be an integer {valid}{hint}")
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise ConfigError(f"config.{field}={value!r} must be a number {valid}{hint}")
+  if not math.isfinite(value):
+    raise ConfigError(f"config.{field}={value!r} is not a finite number; it must be "
+                      f"{valid}{hint}")
+  if ((low is not None and (value < low or (low_open and value == low))) or
+      (high is not None and (value > high or (high_open and value == high)))):
+    raise ConfigError(f"config.{field}={value!r} must be {valid}{hint}")
+
+
 def _positive(config, *fields, allow_zero=False) -> None:
   for field in fields:
-    value = config
-    for part in field.split("."):
-      value = value[part]
-    if value < 0 or (value == 0 and not allow_zero):
-      raise ConfigError(f"config.{field}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    _number(config, field, 0, low_open=not allow_zero)
 
 
-def validate(config) -> None:
-  """Raises ConfigError for unknown names and bad values, before any compile."""
+def _non_finite(node, prefix: str = "config"):
+  """(field, value) of the first NaN or infinite number anywhere in `node`."""
+  items = node.items() if isinstance(node, (dict, ml_collections.ConfigDict)) else (
+      enumerate(node) if isinstance(node, (tuple, list)) else ())
+  for key, value in items:
+    name = f"{prefix}.{key}" if isinstance(key, str) else f"{prefix}[{key}]"
+    if isinstance(value, (dict, ml_collections.ConfigDict, tuple, list)):
+      found = _non_finite(value, name)
+      if found:
+        return found
+    elif (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and not math.isfinite(value)):
+      return name, value
+  return None
+
+
+def check_number(config, field: str, low=None, high=None, **options) -> None:
+  """Raises ConfigError unless config.<field> is a finite number in range
+  (`low`, `high`; options: low_open, high_open, integer, hint), naming the
+  field: for the methods' checks of their own sections."""
+  _number(config, field, low, high, **options)
+
+
+def validate_schedule(config, field: str) -> None:
+  """Checks the schedule section config.<field> (`schedule_config()`'s
+  fields), e.g. field="schedule" or "prune.retrain.schedule"; every error
+  names the field's whole path."""
+  _choice(_get(config, field).name, f"{field}.name", SCHEDULES)
+  _positive(config, f"{field}.lr", f"{field}.warmup_epochs", allow_zero=True)
+  _number(config, f"{field}.final_lr_fraction", 0, 1,
+          hint=" (the cosine schedule ends at lr * final_lr_fraction)")
+  _number(config, f"{field}.gamma", 0, low_open=True,
+          hint=" (the lr factor at each milestone or step, e.g. 0.1)")
+  _number(config, f"{field}.step_epochs", 0, low_open=True,
+          hint=" (the step schedule's period in epochs)")
+  for i, milestone in enumerate(_get(config, field).milestones):
+    if (isinstance(milestone, bool) or not isinstance(milestone, numbers.Real)
+        or not math.isfinite(milestone) or milestone < 0):
+      raise ConfigError(f"config.{field}.milestones[{i}]={milestone!r} must be an epoch >= 0, "
+                        f"e.g. milestones=(80, 120)")
+
+
+def _regex(config, field: str) -> None:
+  try:
+    re.compile(_get(config, field))
+  except re.error as e:
+    raise ConfigError(f"config.{field}={_get(config, field)!r} is not a valid regular "
+                      f"expression: {e}") from None
+
+
+def validate_sparsity(config) -> None:
+  """Checks config.sparsity (`sparsity_config()`), for the methods that use
+  it; the choice of score and selection is the pruning method's to check."""
+  for field in ("include", "exclude"):
+    _regex(config, f"sparsity.{field}")
+  _number(config, "sparsity.quality", 0, hint=" (selection='std' keeps |w| > quality * std(w))")
+  _number(config, "sparsity.snip_batches", 0, integer=True,
+          hint=" (0: ceil(steps per epoch / 32))")
+
+
+def check_device_count(config, device_count: int) -> None:
+  """Raises ConfigError unless the global batch sizes split evenly over
+  `device_count` devices (`jax.device_count()`, all processes together)."""
+  for field in ("batch_size", "eval_batch_size"):
+    try:
+      parallel.check_batch_size(config[field], field, device_count)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+
+
+def validate(config, device_count: int | None = None) -> None:
+  """Raises ConfigError for unknown names and bad values, before any compile.
+
+  With `device_count` (`jax.device_count()`, after `parallel.initialize`),
+  also checks that the batch sizes split evenly over the devices.
+  """
   from neurojax import data, methods  # pylint: disable=g-import-not-at-top
   _choice(config.method, "method", methods.names())
   _choice(config.model.name, "model.name", models.names())
@@ -164,16 +370,12 @@ def validate(config) -> None:
     raise ConfigError(str(e)) from None
   _choice(config.compute_dtype, "compute_dtype", tuple(models.DTYPES))
   _choice(config.optimizer.name, "optimizer.name", OPTIMIZERS)
-  _choice(config.schedule.name, "schedule.name", SCHEDULES)
   for field in ("weight_decay_exclude", "freeze"):
-    try:
-      re.compile(config.optimizer[field])
-    except re.error as e:
-      raise ConfigError(f"config.optimizer.{field}={config.optimizer[field]!r} is not a valid "
-                        f"regular expression: {e}") from None
+    _regex(config, f"optimizer.{field}")
   for i, group in enumerate(config.optimizer.lr_groups):
     if (len(group) != 2 or not isinstance(group[0], str)
-        or not isinstance(group[1], (int, float)) or group[1] < 0):
+        or not isinstance(group[1], (int, float)) or not math.isfinite(group[1])
+        or group[1] < 0):
       raise ConfigError(f"config.optimizer.lr_groups[{i}]={tuple(group)!r} must be a "
                         f"(regex, multiplier >= 0) pair, e.g. ('quadratic|ln_hw', 10.0)")
     try:
@@ -183,7 +385,8 @@ def validate(config) -> None:
                         f"regular expression: {e}") from None
   _positive(config, "batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints")
   _positive(config, "num_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps",
-            "schedule.lr", "schedule.warmup_epochs", "optimizer.weight_decay", allow_zero=True)
+            "optimizer.weight_decay", allow_zero=True)
+  validate_schedule(config, "schedule")
   if not config.num_steps and not config.num_epochs:
     raise ConfigError("set config.num_epochs or config.num_steps to a positive number")
   for field in ("mix.mixup_alpha", "mix.cutmix_alpha"):
@@ -202,11 +405,37 @@ def validate(config) -> None:
                       f"batch_size)")
   if not 0.0 <= config.label_smoothing < 1.0:
     raise ConfigError(f"config.label_smoothing={config.label_smoothing} must be in [0, 1)")
-  if config.distributed.num_processes > 1 and not config.distributed.coordinator_address:
+  opt = "optimizer"
+  _number(config, f"{opt}.momentum", 0, 1, high_open=True,
+          hint=" (0: plain SGD; the usual value is 0.9)")
+  _number(config, f"{opt}.b1", 0, 1, high_open=True, hint=" (Adam's default is 0.9)")
+  _number(config, f"{opt}.b2", 0, 1, high_open=True, hint=" (Adam's default is 0.999)")
+  _number(config, f"{opt}.eps", 0, low_open=True, hint=" (Adam's default is 1e-8)")
+  for field in ("num_steps", "eval_every_steps", "checkpoint_every_steps"):
+    _number(config, field, 0, integer=True)
+  for field in ("log_every_steps", "keep_checkpoints"):
+    _number(config, field, 1, integer=True)
+  dist = config.distributed
+  if not dist.auto:
+    _number(config, "distributed.num_processes", 1, integer=True)
+    _number(config, "distributed.process_id", 0, dist.num_processes, high_open=True,
+            integer=True)
+  if dist.num_processes > 1 and not dist.coordinator_address:
     raise ConfigError("config.distributed.num_processes > 1 needs "
                       "config.distributed.coordinator_address (e.g. 'localhost:12345')")
+  found = _non_finite(config)
+  if found:
+    field, value = found
+    try:
+      default = f" (its default is {_get(base_config(config.model.name), field[7:])!r})"
+    except (KeyError, AttributeError, TypeError, ValueError):
+      default = ""
+    raise ConfigError(f"{field}={value!r} is not a finite number; NaN and inf are never valid "
+                      f"config values{default}")
   try:
     data.validate_config(config)
     methods.validate(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if device_count is not None:
+    check_device_count(config, device_count)

@@ -68,16 +68,20 @@ def shard_batch(batch, mesh: Mesh):
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def check_batch_size(batch_size: int, field: str, mesh: Mesh) -> None:
-  """Raises if `batch_size` does not split evenly over devices and processes."""
-  n = mesh.devices.size
+def check_batch_size(batch_size: int, field: str, mesh: Mesh | int) -> None:
+  """Raises ValueError if `batch_size` does not split evenly over the devices
+  of `mesh` (or over `mesh` devices, a count), of all processes together."""
+  n = mesh if isinstance(mesh, int) else mesh.devices.size
   if batch_size % n:
+    lower, higher = max(n, batch_size // n * n), (batch_size // n + 1) * n
+    options = f"{lower} or {higher}" if lower != higher else f"{higher}"
     raise ValueError(
         f"config.{field}={batch_size} must be a multiple of the number of devices "
-        f"({n}); try {max(n, batch_size // n * n)}.")
+        f"({n}, all processes together); try {options}.")
 
 
 def is_main_process() -> bool:
+  """Whether this is process 0, the one that writes files and prints."""
   return jax.process_index() == 0
 
 

@@ -316,58 +316,88 @@ def plot_eval_matrix(matrix: dict, path: str, title: str = "") -> str:
   return _save(fig, path)
 
 
-def main(argv: list[str]) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  from neurojax.train.writers import format_table  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="python -m neurojax.plots",
-                                   description="Compares finished prune runs (accuracy against "
-                                   "fraction pruned), generational runs (accuracy by "
-                                   "generation), kakuritsu runs (the eval matrix) or plain "
-                                   "supervised runs (final and best top-1 by model), seeds "
-                                   "averaged.")
-  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs, all of one kind")
-  parser.add_argument("--out", required=True, help="the PNG to write")
-  args = parser.parse_args(argv)
-  try:
-    if all("heads" in _results(w, "model", "neurojax") for w in args.workdirs):
-      summary = eval_matrix_summary(args.workdirs)
-      gain = summary.pop("robustness", None)
-      rows = [{"head": h, **{m: f"{100 * v['top1']:.2f} ± {100 * v['top1_std']:.2f} / "
-                                f"{100 * v['top5']:.2f} ± {100 * v['top5_std']:.2f}"
-                             for m, v in modes.items()}} for h, modes in summary.items()]
-      print(f"Acc1 / Acc5 (%), mean ± std over {len(args.workdirs)} runs")
-      print(format_table(rows, list(rows[0])))
-      if gain:
-        print(f"K with its gates minus W under Kakuritsu gates: {100 * gain['top1']:+.2f} ± "
-              f"{100 * gain['top1_std']:.2f} Acc1, {100 * gain['top5']:+.2f} ± "
-              f"{100 * gain['top5_std']:.2f} Acc5")
-      print("\nplot:", plot_eval_matrix(summary, args.out,
-                                        f"heads x eval modes, mean of {len(args.workdirs)} runs"))
-      return
-    kinds = [_results(w, "model", "neurojax") for w in args.workdirs]
-    if not any(k in r for r in kinds for k in ("rounds", "generations")):
-      rows = supervised_summary(args.workdirs)
-      print(format_table([{**r, "best_epochs": " ".join(f"{e:g}" for e in r["best_epochs"])}
-                          for r in rows], ["model", "runs", "epochs", "final_top1",
-                                           "final_std", "best_top1", "best_std",
-                                           "best_epochs"]))
-      print("\nplot:", plot_supervised_summary(rows, args.out))
-      return
-    generational = {"generations" in r for r in kinds}
-    if generational == {True, False}:
-      raise ValueError("give either prune runs or generational runs, not both")
-    if generational == {True}:
-      rows = generation_summary(args.workdirs)
-      print(format_table(rows, ["method", "runs", "epochs", "top1", "top1_std"]))
-      print("\nplot:", plot_generation_summary(rows, args.out))
-      return
-    curves = pruning_curves(args.workdirs)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f"neurojax.plots: {e}")
+def run_method(workdir: str) -> str:
+  """The method of a finished run, from its results.json (`method`; runs
+  written before it was recorded: from the schema)."""
+  results = _results(workdir, "model", "neurojax")
+  if "method" in results:
+    return results["method"]
+  for key, method in (("heads", "kakuritsu"), ("generations", "generations"),
+                      ("rounds", "prune")):
+    if key in results:
+      return method
+  return "supervised"
+
+
+def _print_eval_matrix(workdirs, out):
+  from neurojax.tables import format_table  # pylint: disable=g-import-not-at-top
+  summary = eval_matrix_summary(workdirs)
+  gain = summary.pop("robustness", None)
+  rows = [{"head": h, **{m: f"{100 * v['top1']:.2f} ± {100 * v['top1_std']:.2f} / "
+                            f"{100 * v['top5']:.2f} ± {100 * v['top5_std']:.2f}"
+                         for m, v in modes.items()}} for h, modes in summary.items()]
+  print(f"Acc1 / Acc5 (%), mean ± std over {len(workdirs)} runs")
+  print(format_table(rows, list(rows[0])))
+  if gain:
+    print(f"K with its gates minus W under Kakuritsu gates: {100 * gain['top1']:+.2f} ± "
+          f"{100 * gain['top1_std']:.2f} Acc1, {100 * gain['top5']:+.2f} ± "
+          f"{100 * gain['top5_std']:.2f} Acc5")
+  print("\nplot:", plot_eval_matrix(summary, out, f"heads x eval modes, mean of {len(workdirs)} runs"))
+
+
+def _print_supervised(workdirs, out):
+  from neurojax.tables import format_table  # pylint: disable=g-import-not-at-top
+  rows = supervised_summary(workdirs)
+  print(format_table([{**r, "best_epochs": " ".join(f"{e:g}" for e in r["best_epochs"])}
+                      for r in rows], ["model", "runs", "epochs", "final_top1", "final_std",
+                                       "best_top1", "best_std", "best_epochs"]))
+  print("\nplot:", plot_supervised_summary(rows, out))
+
+
+def _print_generations(workdirs, out):
+  from neurojax.tables import format_table  # pylint: disable=g-import-not-at-top
+  rows = generation_summary(workdirs)
+  print(format_table(rows, ["method", "runs", "epochs", "top1", "top1_std"]))
+  print("\nplot:", plot_generation_summary(rows, out))
+
+
+def _print_pruning(workdirs, out):
+  from neurojax.tables import format_table  # pylint: disable=g-import-not-at-top
+  curves = pruning_curves(workdirs)
   for label, rounds in curves.items():
     print(f"\n{label}")
     print(format_table(rounds, ["target", "sparsity", "compression", "top1", "top1_std"]))
-  print("\nplot:", plot_accuracy_vs_sparsity(curves, args.out))
+  print("\nplot:", plot_accuracy_vs_sparsity(curves, out))
+
+
+# results.json's `method` -> the summary that compares such runs.
+SUMMARIES = {"supervised": _print_supervised, "prune": _print_pruning,
+             "generations": _print_generations, "kakuritsu": _print_eval_matrix}
+
+
+def main(argv: list[str]) -> None:
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog="python -m neurojax.plots",
+                                   description="Compares finished runs of one method, seeds "
+                                   "averaged: prune runs (accuracy against fraction pruned), "
+                                   "generational runs (accuracy by generation), kakuritsu runs "
+                                   "(the eval matrix) or plain supervised runs (final and best "
+                                   "top-1 by model).")
+  parser.add_argument("workdirs", nargs="+", help="workdirs of finished runs, all of one method")
+  parser.add_argument("--out", required=True, help="the PNG to write")
+  args = parser.parse_args(argv)
+  try:
+    kinds = {w: run_method(w) for w in args.workdirs}
+    if len(set(kinds.values())) > 1:
+      raise ValueError("give runs of one method; these are: " + ", ".join(
+          f"{w} ({m})" for w, m in kinds.items()))
+    method = next(iter(kinds.values()))
+    if method not in SUMMARIES:
+      raise ValueError(f"no summary for {method!r} runs; there is one for: "
+                       f"{', '.join(SUMMARIES)}")
+    SUMMARIES[method](args.workdirs, args.out)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"neurojax.plots: {e}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import chex
@@ -142,6 +143,49 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path, uninterrupted):
   assert proc.returncode != 0
   assert "no usable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
   assert sorted(os.listdir(workdir / "corrupt_checkpoints")) == ["100", "150", "200"]
+  # The same command again does not silently start from zero over the history ...
+  proc = run(workdir, check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0 and last.startswith("neurojax: ") and "restart=True" in last
+  assert (workdir / "metrics.jsonl").stat().st_size > 0
+  # ... until asked to; the old history is kept in history/0.
+  proc = run(workdir, "--config.restart=True")
+  assert sorted(os.listdir(workdir / "history" / "0")) == [
+      "corrupt_checkpoints", "metrics.jsonl", "results.json", "tb"]
+  assert json.loads((workdir / "results.json").read_text())["resumed_from"] is None
+  chex.assert_trees_all_equal(_final_params(workdir)[0], _final_params(uninterrupted)[0])
+
+
+def test_a_torn_config_json_does_not_block_a_resume(tmp_path, uninterrupted):
+  workdir = tmp_path / "torn"
+  shutil.copytree(uninterrupted, workdir)
+  config = workdir / "config.json"
+  config.write_text(config.read_text()[:200])           # a full disk cut it short
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 200, "train/lo')                  # and the last metrics line
+  proc = run(workdir)
+  assert "config.json" in proc.stderr and "metrics.jsonl" in proc.stderr    # both warned
+  assert json.loads(config.read_text()) == json.loads((uninterrupted / "config.json").read_text())
+  proc = run(workdir, "--config.schedule.lr=0.5", check=False)   # still guards the config
+  assert proc.returncode != 0 and "schedule.lr: 0.05 -> 0.5" in proc.stderr
+
+
+def test_a_second_run_on_a_live_workdir_stops_at_once_naming_the_holder(tmp_path):
+  workdir = tmp_path / "live"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from neurojax.train import workdir; "
+       f"workdir.acquire({str(workdir)!r}); print('held', flush=True); time.sleep(120)"],
+      env=env(), stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    proc = run(workdir, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and last.startswith("neurojax: ") and str(holder.pid) in last
+    assert not os.path.exists(workdir / "checkpoints") and not os.path.exists(workdir / "config.json")
+  finally:
+    holder.kill()
+    holder.wait()
+  run(workdir, "--config.num_steps=20")          # the lock of a killed run is taken over
 
 
 def test_changed_config_refuses_to_resume(tmp_path, uninterrupted):

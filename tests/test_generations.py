@@ -61,10 +61,10 @@ def test_bad_policy_is_refused_before_training(tmp_path):
   assert proc.returncode != 0 and "dnr, ke, llf, layerwise, none" in proc.stderr
 
 
-def test_start_generation_regenerates_and_restarts_the_optimizer():
+def test_start_generation_regenerates_the_dropped_weights():
   import jax
   import optax
-  from neurojax import models, parallel
+  from neurojax import models
   from neurojax import sparsity as sp
   from neurojax.train.state import create_train_state
   model = models.get_model("lenet_300_100", num_classes=10)
@@ -75,8 +75,7 @@ def test_start_generation_regenerates_and_restarts_the_optimizer():
   state = state.replace(opt_state=opt_state)          # momentum is now nonzero
   fresh = create_train_state(model, tx, jax.random.PRNGKey(1), (8, 8, 1)).params
   keep = sp.global_topk(sp.magnitude(state.params, sp.dense_masks(state.params)), 0.8)
-  sharding = parallel.replicated(parallel.make_mesh(jax.devices()[:1]))
-  new = generations.start_generation(state, tx, keep, fresh, sharding)
+  new = generations.start_generation(state, keep, fresh)
   for layer in ("fc1", "fc2", "fc3"):
     m = np.asarray(keep[layer]["kernel"])
     old_w, fresh_w, new_w = (np.asarray(t[layer]["kernel"]) for t in (state.params, fresh,
@@ -85,11 +84,8 @@ def test_start_generation_regenerates_and_restarts_the_optimizer():
     np.testing.assert_array_equal(new_w[~m], fresh_w[~m])
     np.testing.assert_array_equal(np.asarray(new.params[layer]["bias"]),
                                   np.asarray(state.params[layer]["bias"]))   # not masked: kept
-  assert all(not np.asarray(t).any() for t in jax.tree.leaves(new.opt_state))   # momentum 0
-  assert any(np.asarray(t).any() for t in jax.tree.leaves(state.opt_state))
-  same = generations.start_generation(state, tx, None, fresh, sharding)       # policy "none"
+  same = generations.start_generation(state, None, fresh)       # policy "none"
   chex.assert_trees_all_equal(same.params, state.params)
-  assert all(not np.asarray(t).any() for t in jax.tree.leaves(same.opt_state))
 
 
 def _final(workdir):
@@ -178,7 +174,7 @@ def test_generation_summary_averages_seeds(tmp_path):
   assert (tmp_path / "g.png").stat().st_size > 10_000 and out.endswith("g.png")
   with pytest.raises(ValueError, match="different lengths"):
     plots.generation_summary(runs + [_fake_run(tmp_path / "d2", "dnr", [0.5, 0.6, 0.7])])
-  with pytest.raises(SystemExit, match="not both"):
+  with pytest.raises(SystemExit, match="of one method"):
     plots.main(["--out", str(tmp_path / "x.png"), runs[0], _prune_run(tmp_path / "p")])
 
 

@@ -17,7 +17,8 @@ from neurojax import models
 from neurojax.config import ConfigError, load_config_file, validate
 from neurojax.methods import kakuritsu
 from neurojax.nn.gating import Gate, GatedHead, OnBackbone
-from neurojax.train import CheckpointError, losses, optimizers
+from neurojax import losses
+from neurojax.train import CheckpointError, optimizers
 from neurojax.train.state import create_train_state
 from neurojax.train.steps import train_step_fn
 from tests import cli
@@ -160,7 +161,7 @@ def test_eval_matrix_matches_a_direct_evaluation_and_is_deterministic():
 
 
 def _variables(config):
-  model = kakuritsu.backbone(config)
+  model = models.build(kakuritsu.backbone_spec(config))
   return jax.device_get(dict(model.init(jax.random.PRNGKey(3), jnp.zeros((1, *SHAPE)))))
 
 
@@ -206,12 +207,16 @@ def test_a_backbone_that_does_not_fit_names_the_key(tmp_path):
     ("backbone_bn", "eval", "backbone_bn='eval' is not valid"),
     ("p", 0.0, r"kakuritsu.p=0.0 must be in \(0, 1\]"),
     ("eval_dropout", 1.0, r"eval_dropout=1.0 must be in \[0, 1\)"),
-    ("pretrain_schedule", "linear", "pretrain_schedule='linear' is not valid"),
+    ("pretrain.schedule.name", "linear", r"kakuritsu.pretrain.schedule.name='linear' is not valid"),
     ("backbone", "", "random frozen backbone"),
 ])
 def test_bad_kakuritsu_configs_are_refused(field, value, message):
   config = _config(backbone="random")
-  config.kakuritsu[field] = value
+  *parents, leaf = field.split(".")
+  node = config.kakuritsu
+  for parent in parents:
+    node = node[parent]
+  node[leaf] = value
   with pytest.raises(ConfigError, match=message):
     validate(config)
 
@@ -245,7 +250,7 @@ def kakuritsu_run(tmp_path_factory):
   first, then K, D and W, then the eval matrix."""
   workdir = str(tmp_path_factory.mktemp("kakuritsu") / "run")
   overrides = ["--config.method=kakuritsu", "--config.model.width=4", "--config.num_steps=30",
-               "--config.kakuritsu.pretrain_epochs=2", "--config.kakuritsu.hidden=16",
+               "--config.kakuritsu.pretrain.epochs=2", "--config.kakuritsu.hidden=16",
                "--config.checkpoint_every_steps=10", "--config.eval_every_steps=30"]
   proc = cli.run(workdir, *overrides, config=cli.TINY + ":resnet18")
   return workdir, overrides, proc
@@ -292,8 +297,21 @@ def test_load_run_reads_a_heads_run_and_reproduces_its_switch_accuracy(kakuritsu
   with open(os.path.join(workdir, "results.json")) as f:
     switch = json.load(f)["heads"]["K"]["eval"]["switch"]["top1"]
   assert correct / total == pytest.approx(switch, abs=1e-6)
-  with pytest.raises(CheckpointError, match=re.escape("heads/<K|D|W>")):
+  with pytest.raises(CheckpointError, match="the runs inside it are: .*heads/K"):
     load_run(workdir)
+
+
+def test_a_heads_run_rebuilds_from_its_workdir_without_the_methods(kakuritsu_run):
+  import subprocess
+  import sys
+  workdir, _, _ = kakuritsu_run
+  script = ("import sys; from neurojax.train import load_run; "
+            f"_, model, state = load_run({os.path.join(workdir, 'heads', 'D')!r}); "
+            "print(type(model).__name__, model.gate.kind, state.params['head']['fc1']['kernel'].shape,"
+            " sorted(m for m in sys.modules if m.startswith('neurojax.methods')))")
+  out = subprocess.run([sys.executable, "-c", script], env=cli.env(), capture_output=True,
+                       text=True, timeout=300)
+  assert out.stdout.split() == ["OnBackbone", "dropout", "(32,", "16)", "[]"], out.stderr[-2000:]
 
 
 def test_other_eval_modes_on_a_finished_run_re_evaluate_without_training(kakuritsu_run,

@@ -61,7 +61,7 @@ def test_kakuritsu_two_processes_match_one(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   from cli import TINY  # pylint: disable=g-import-not-at-top
   args = ["--config.method=kakuritsu", "--config.model.width=4", "--config.num_steps=6",
-          "--config.kakuritsu.pretrain_epochs=0.5", "--config.kakuritsu.heads=('K',)",
+          "--config.kakuritsu.pretrain.epochs=0.5", "--config.kakuritsu.heads=('K',)",
           "--config.kakuritsu.hidden=16", "--config.checkpoint_every_steps=3",
           "--config.eval_every_steps=6"]
   config = TINY + ":resnet18"

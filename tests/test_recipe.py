@@ -14,7 +14,8 @@ import optax
 import pytest
 
 from neurojax.config import ConfigError, base_config, validate
-from neurojax.train import losses, mix
+from neurojax import losses
+from neurojax.train import mix
 from neurojax.train.experiment import load_run
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.state import create_train_state

@@ -93,6 +93,12 @@ def test_per_layer_and_std_threshold():
   np.testing.assert_array_equal(han["fc1"]["kernel"], np.abs(w) > np.std(np.asarray(w)))
 
 
+def test_snip_batch_count_is_a_32nd_of_an_epoch_by_default():
+  # config.sparsity.snip_batches, for prune's SNIP score and DNR's mask.
+  assert [sp.snip_batch_count(0, n) for n in (1, 31, 32, 33, 469)] == [1, 1, 1, 2, 15]
+  assert sp.snip_batch_count(10, 469) == 10
+
+
 def test_snip_matches_hand_computation():
   # y = W2 relu(W1 x); loss = 0.5 * sum((y - t)^2) per batch; g summed over batches.
   rng = np.random.default_rng(0)
@@ -197,8 +203,8 @@ def test_stats_table_counts_and_macs():
   assert "total" in sp.table(rows)
 
 
-PRUNE = ["--config.method=prune", "--config.sparsity.targets=(0.5,0.9)",
-         "--config.sparsity.retrain_epochs=20", "--config.num_steps=64",
+PRUNE = ["--config.method=prune", "--config.prune.targets=(0.5,0.9)",
+         "--config.prune.retrain.epochs=20", "--config.num_steps=64",
          "--config.checkpoint_every_steps=16", "--config.eval_every_steps=160"]
 
 
@@ -325,7 +331,7 @@ def test_fpgm_method_exports_a_slim_model(tmp_path):
   workdir = tmp_path / "fpgm"
   proc = run(workdir, "--config.method=prune", "--config.model.width=4",
              "--config.sparsity.score=fpgm", "--config.sparsity.selection=channels",
-             "--config.sparsity.targets=(0.25,0.5)", "--config.sparsity.retrain_epochs=1",
+             "--config.prune.targets=(0.25,0.5)", "--config.prune.retrain.epochs=1",
              "--config.num_steps=16", "--config.eval_every_steps=1000", config=TINY + ":resnet20")
   results = json.loads((workdir / "results.json").read_text())
   slim = results["slim"]

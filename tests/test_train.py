@@ -10,7 +10,8 @@ import pytest
 
 from neurojax import models, parallel
 from neurojax.config import ConfigError, base_config, validate
-from neurojax.train import losses, steps
+from neurojax import losses
+from neurojax.train import steps
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
 from neurojax.train.state import create_train_state
@@ -95,7 +96,8 @@ def test_eval_over_padded_batches_matches_unpadded():
     batches.append({"image": np.pad(xb, ((0, pad), (0, 0), (0, 0), (0, 0))),
                     "label": np.pad(yb, (0, pad)),
                     "mask": np.pad(np.ones(len(xb), np.float32), (0, pad))})
-  got = steps.evaluate(steps.jit_eval_step(steps.eval_step_fn(model), mesh), state, batches, mesh)
+  got = steps.evaluate(steps.jit_eval_step(steps.eval_step_fn(model), mesh), state, batches,
+                       mesh)[""]
   logits = np.asarray(model.apply({"params": state.params}, x))
   want_top1 = np.mean(logits.argmax(-1) == y)
   want_loss = np.mean(np.asarray(losses.cross_entropy(logits, y)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -290,6 +291,17 @@ def validate_config(
       'config.data.resize_square=True resizes images to eval_resize^2; set'
       ' config.data.eval_resize (e.g. 256) too.',
   )
+  for field in ('mean', 'std'):
+    values = d[field] if isinstance(d[field], (tuple, list)) else (d[field],)
+    _require(
+        all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool)
+            and math.isfinite(v) for v in values
+        ),
+        f'config.data.{field}={d[field]!r} must be a tuple of finite numbers,'
+        ' one per channel or one for all, e.g. (0.5,) or (0.485, 0.456,'
+        ' 0.406).',
+    )
   mean, std = np.atleast_1d(d.mean), np.atleast_1d(d.std)
   _require(
       mean.ndim == 1 and std.ndim == 1 and mean.size and std.size,

@@ -151,6 +151,24 @@ def _idx_missing_message(name: str, data_dir: str, missing: str) -> str:
   return f'{name} IDX file {missing}[.gz] not found in {data_dir!r}. {fix}'
 
 
+def _idx_corrupt_fix(name: str, data_dir: str) -> str:
+  if name == 'fashion_mnist' and data_dir == FASHION_MNIST_DIR:
+    return (
+        'Reinstall it with `apt-get install --reinstall dataset-fashion-mnist`'
+        ' (Debian/Ubuntu), or set config.data.data_dir to a folder holding'
+        ' intact files.'
+    )
+  return (
+      f'Replace the file with an intact copy, or check config.data.data_dir='
+      f'{data_dir!r}'
+      + (
+          ' (the Debian package is dataset-fashion-mnist).'
+          if name == 'fashion_mnist'
+          else '.'
+      )
+  )
+
+
 def _find_idx_file(name: str, data_dir: str, stem: str) -> str:
   for candidate in (stem + '.gz', stem):
     path = os.path.join(data_dir, candidate)
@@ -178,17 +196,22 @@ def idx_source(name: str, split: str, data_dir: str = '') -> ArraySource:
   image_path, label_path = (
       _find_idx_file(name, data_dir, stem) for stem in _IDX_FILES[split]
   )
-  images, labels = read_idx(image_path), read_idx(label_path)
-  if images.ndim != 3 or images.dtype != np.uint8:
+  try:
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+      raise IdxFormatError(
+          f'{image_path}: expected uint8 images [N, H, W], got'
+          f' {images.dtype} {images.shape}.'
+      )
+    if labels.ndim != 1 or len(labels) != len(images):
+      raise IdxFormatError(
+          f'{label_path}: expected {len(images)} labels, got shape'
+          f' {labels.shape}.'
+      )
+  except IdxFormatError as e:
     raise IdxFormatError(
-        f'{image_path}: expected uint8 images [N, H, W], got'
-        f' {images.dtype} {images.shape}.'
-    )
-  if labels.ndim != 1 or len(labels) != len(images):
-    raise IdxFormatError(
-        f'{label_path}: expected {len(images)} labels, got shape'
-        f' {labels.shape}.'
-    )
+        f"{str(e).rstrip('.')}. {_idx_corrupt_fix(name, data_dir)}"
+    ) from None
   return ArraySource(images, labels, num_classes=10)
 
 

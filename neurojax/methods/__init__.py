@@ -1,4 +1,9 @@
-"""Method drivers by name: `config.method` selects one; each is `run(config, workdir)`."""
+"""Method drivers by name: `config.method` selects one; each is `run(config, workdir)`.
+
+A method module has `run(config, workdir)`, and optionally `config()` (its
+section, `config.<method>`), `validate(config)` and `RESUME_SAFE` (its fields
+that may change between the runs of one workdir). README.md, "Adding a
+method", walks through one."""
 
 from __future__ import annotations
 
@@ -14,6 +19,15 @@ _METHODS = {
 
 def names() -> list[str]:
   return sorted(_METHODS)
+
+
+def sections() -> dict:
+  """{method: its default ConfigDict}: a method that has a `config()` owns the
+  section `config.<method>` (base_config() adds it; the method's validate()
+  checks it). config.sparsity, the sparsity library's knobs, is shared
+  (neurojax.config.sparsity_config)."""
+  return {name: module(name).config() for name in _METHODS
+          if hasattr(module(name), "config")}
 
 
 def module(name: str):

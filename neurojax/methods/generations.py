@@ -29,50 +29,77 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
-from neurojax import parallel
+from neurojax import models, parallel, rng
 from neurojax import sparsity as sp
 from neurojax.sparsity import policies
-from neurojax.train import steps as steps_lib
+from neurojax.train import phases, report
 from neurojax.train.experiment import setup
-from neurojax.train.loop import Hook, fit
 from neurojax.train.state import init_variables
-from neurojax.train.writers import format_table, metrics_by_step
+from neurojax.train.writers import metrics_by_step
 from neurojax.tree import path_str
 
 POLICIES = ("dnr", "ke", "llf", "layerwise", "none")
 
 
+def config() -> ml_collections.ConfigDict:
+  """`config.generations`: method="generations" (DNR, KE, LLF, layer-wise
+  reinit, the long baseline). DNR's SNIP batches: `config.sparsity.snip_batches`."""
+  return ml_collections.ConfigDict(dict(
+      policy="dnr",                 # dnr | ke | llf | layerwise | none
+      num_generations=3,            # each of num_epochs, with a fresh optimizer and schedule
+      reset=0.2,                    # dnr: re-draw this fraction of the eligible weights, the
+                                    # least salient (SNIP); 0.2 keeps the 80% most salient
+      split_rate=0.5,               # ke: the fraction of channels kept (the paper's "split rate")
+      reset_layer="layer4"))        # llf: re-draw from this stage on
+
+
 def validate(config) -> None:
+  from neurojax import config as config_lib  # pylint: disable=g-import-not-at-top
   g = config.generations
   if g.policy not in POLICIES:
     raise ValueError(f"config.generations.policy={g.policy!r} is not valid; choose one of: "
                      f"{', '.join(POLICIES)}")
   if g.num_generations < 1:
     raise ValueError(f"config.generations.num_generations={g.num_generations} must be >= 1")
-  if not 0.0 < g.keep <= 1.0:
-    raise ValueError(f"config.generations.keep={g.keep} must be in (0, 1]: the fraction of "
-                     "weights DNR keeps (0.8 keeps the 80% most salient)")
+  config_lib.check_number(config, "generations.reset", 0, 1, high_open=True,
+                          hint=": the fraction of the eligible weights DNR re-draws (0.2 re-draws "
+                               "the 20% least salient)")
   if not 0.0 < g.split_rate <= 1.0:
-    raise ValueError(f"config.generations.split_rate={g.split_rate} must be in (0, 1]")
-  if g.policy == "llf":
-    policies.llf({}, g.reset_layer)      # checks the name
+    raise ValueError(f"config.generations.split_rate={g.split_rate} must be in (0, 1]: the "
+                     "fraction of channels KE keeps (the paper's split rate, e.g. 0.5)")
+  if g.policy == "dnr":
+    config_lib.validate_sparsity(config)
+  if g.policy in ("ke", "llf", "layerwise"):
+    try:
+      stages = models.stages(config.model.name)
+    except ValueError as e:
+      raise ValueError(f"config.generations.policy={g.policy!r} resets by depth, so it needs "
+                       f"the model's stages: {e}") from None
+    if g.policy == "llf":
+      try:
+        policies.llf({}, g.reset_layer, stages)      # checks the name
+      except ValueError as e:
+        raise ValueError(f"config.generations.{e}") from None
 
 
 def _keep_mask(config, exp, state, generation: int, step: int):
   g = config.generations
   params = state.params
   if g.policy == "dnr":
-    n = g.snip_batches or math.ceil(exp.steps_per_epoch / 32)
+    n = sp.snip_batch_count(config.sparsity.snip_batches, exp.steps_per_epoch)
     batches = [parallel.shard_batch(exp.data.train.batch(step + i), exp.mesh) for i in range(n)]
-    return policies.dnr(sp.ce_grad_fn(exp.model, state.batch_stats), params, batches, g.keep)
+    return policies.dnr(sp.ce_grad_fn(exp.model, state.batch_stats), params, batches,
+                        keep=1.0 - g.reset)
+  stages = models.stages(config.model.name)
   if g.policy == "ke":
-    return policies.ke(params, g.split_rate, image_channels=exp.data.info.image_shape[-1])
+    return policies.ke(params, g.split_rate, stages)
   if g.policy == "llf":
-    return policies.llf(params, g.reset_layer)
-  return policies.layerwise(params, generation, g.num_generations)
+    return policies.llf(params, g.reset_layer, stages)
+  return policies.layerwise(params, generation, g.num_generations, stages)
 
 
 def _by_path(keep) -> dict:
@@ -97,7 +124,7 @@ def _mask_path(workdir, generation):
 
 
 def _save_mask(workdir, generation, keep: dict):
-  if jax.process_index() != 0:
+  if not parallel.is_main_process():
     return
   os.makedirs(os.path.join(workdir, "masks"), exist_ok=True)
   np.savez_compressed(_mask_path(workdir, generation),
@@ -119,17 +146,17 @@ def load_mask(workdir: str, generation: int) -> dict | None:
 def generation_keys(seed: int, num_generations: int):
   """The init key of each generation's re-drawn weights: distinct, a function of
   the seed, and of the generation's index only (not of the run's length)."""
-  base = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+  base = rng.purpose_key(seed, rng.GENERATIONS)
   return jax.vmap(lambda g: jax.random.fold_in(base, g))(jnp.arange(num_generations))
 
 
-def start_generation(state, tx, keep, fresh_params, sharding):
-  """The state at a generation boundary: the weights `keep` drops are re-drawn
-  from `fresh_params` (the kept ones stay bit-identical; `keep=None` resets
-  nothing), and the optimizer state is fresh, so momentum is zero and the lr
-  schedule starts again."""
+def start_generation(state, keep, fresh_params):
+  """The params at a generation boundary: the weights `keep` drops are
+  re-drawn from `fresh_params` (the kept ones stay bit-identical; `keep=None`
+  resets nothing). The phase loop then starts a fresh optimizer state, so
+  momentum is zero and the lr schedule starts again."""
   params = state.params if keep is None else sp.regenerate(state.params, keep, fresh_params)
-  return jax.device_put(state.replace(params=params, opt_state=tx.init(params)), sharding)
+  return state.replace(params=params)
 
 
 def _record(exp, workdir, generation, step, keep, seconds) -> None:
@@ -151,39 +178,29 @@ def run(config, workdir: str) -> dict:
   g = config.generations
   exp = setup(config, workdir)
   gen_steps = exp.num_steps
-  total = gen_steps * g.num_generations
   init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0],
                  out_shardings=parallel.replicated(exp.mesh))
   keys = generation_keys(config.seed, g.num_generations)
-  train_step = exp.train_step(schedule=lambda s: exp.schedule(s % gen_steps))
-  evaluate = exp.evaluator()
-  hooks = [Hook(exp.every(config.eval_every_steps), evaluate),
-           Hook(exp.every(config.checkpoint_every_steps), exp.save)]
-  state = exp.state
-  progress = exp.progress("generations", total=total)
-  try:
-    for generation in range(g.num_generations):
-      start, end = generation * gen_steps, (generation + 1) * gen_steps
-      if int(state.step) >= end:
-        continue
-      if int(state.step) == start and generation > 0:
-        keep = None
-        if g.policy != "none":
-          began = time.perf_counter()
-          keep = jax.block_until_ready(_keep_mask(config, exp, state, generation, start))
-          _record(exp, workdir, generation, start, keep, time.perf_counter() - began)
-        state = start_generation(state, exp.tx, keep, init(keys[generation]),
-                                 parallel.replicated(exp.mesh))
-      state = fit(state, train_step=train_step, batches=exp.data.train.batches(int(state.step)),
-                  mesh=exp.mesh, num_steps=end, writer=exp.writer,
-                  log_every=config.log_every_steps, progress=progress, hooks=hooks)
-  finally:
-    exp.close(progress)
-  return _report(config, workdir, gen_steps, exp.steps_per_epoch, config.batch_size)
+
+  def regenerate(generation):
+    def enter(exp, state):
+      keep = None
+      if g.policy != "none":
+        began = time.perf_counter()
+        keep = jax.block_until_ready(_keep_mask(config, exp, state, generation, int(state.step)))
+        _record(exp, workdir, generation, int(state.step), keep, time.perf_counter() - began)
+      return start_generation(state, keep, init(keys[generation]))
+    return enter
+
+  plan = [phases.Phase("generation 0", gen_steps)] + [
+      phases.Phase(f"generation {i}", gen_steps, enter=regenerate(i), fresh_optimizer=True)
+      for i in range(1, g.num_generations)]
+  phases.run(exp, plan, desc="generations")
+  return _report(config, exp, workdir, gen_steps)
 
 
-def _report(config, workdir, gen_steps, steps_per_epoch, batch_size) -> dict:
-  if jax.process_index() != 0:
+def _report(config, exp, workdir, gen_steps) -> dict:
+  if not exp.writer.active:
     return {}
   by_step = metrics_by_step(workdir)
   rows = []
@@ -196,20 +213,22 @@ def _report(config, workdir, gen_steps, steps_per_epoch, batch_size) -> dict:
                  "mask_seconds": by_step.get(start, {}).get("gen/mask_seconds")})
   # One epoch's wall-clock, from the median training throughput.
   speeds = [r["train/images_per_sec"] for r in by_step.values() if "train/images_per_sec" in r]
-  epoch_seconds = steps_per_epoch * batch_size / float(np.median(speeds)) if speeds else None
+  epoch_seconds = (exp.steps_per_epoch * config.batch_size / float(np.median(speeds))
+                   if speeds else None)
   results = {"policy": config.generations.policy, "model": config.model.name,
-             "epochs_per_generation": gen_steps / steps_per_epoch,
+             "epochs_per_generation": gen_steps / exp.steps_per_epoch,
              "epoch_seconds": epoch_seconds, "generations": rows, "final_top1": rows[-1]["top1"]}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(f"\n{config.model.name}: {config.generations.policy}, "
-        f"{config.generations.num_generations} generations, workdir {workdir}")
-  print(format_table(rows, ["generation", "top1", "top5", "reset", "overlap", "mask_seconds"]))
   masks = [r["mask_seconds"] for r in rows if r["mask_seconds"] is not None]
+  lines = []
   if masks and epoch_seconds:
-    print(f"computing a mask takes {np.median(masks):.2f} s (median), one epoch "
-          f"{epoch_seconds:.1f} s: {np.median(masks) / epoch_seconds:.3f} epochs")
+    lines.append(f"computing a mask takes {np.median(masks):.2f} s (median), one epoch "
+                 f"{epoch_seconds:.1f} s: {np.median(masks) / epoch_seconds:.3f} epochs")
   from neurojax.plots import plot_generations  # pylint: disable=g-import-not-at-top
-  print("plot:", plot_generations(rows, os.path.join(workdir, "generations.png"),
-                                  title=f"{config.model.name} {config.generations.policy}"))
-  return results
+  return report.write(
+      workdir, "generations", results,
+      title=(f"{config.model.name}: {config.generations.policy}, "
+             f"{config.generations.num_generations} generations, workdir {workdir}"),
+      rows=rows, columns=["generation", "top1", "top5", "reset", "overlap", "mask_seconds"],
+      lines=lines,
+      plot=lambda: plot_generations(rows, os.path.join(workdir, "generations.png"),
+                                    title=f"{config.model.name} {config.generations.policy}"))

@@ -2,8 +2,9 @@
 
     backbone <- kakuritsu.backbone: a converted torchvision checkpoint
                 (python -m neurojax.convert.torchvision) or a neurojax
-                workdir; or, with kakuritsu.pretrain_epochs > 0, config.model
-                trained here first (<workdir>/backbone); or random (with
+                workdir; or, with kakuritsu.pretrain.epochs > 0, config.model
+                trained here first (<workdir>/backbone, on the schedule
+                kakuritsu.pretrain.schedule); or random (with
                 kakuritsu.train_backbone: the whole network from scratch;
                 or kakuritsu.backbone="random", to time the step)
     for head in kakuritsu.heads (K, D, W):
@@ -33,29 +34,49 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 from absl import logging
 
-from neurojax import models, parallel
+from neurojax import models, parallel, rng
 from neurojax.methods import supervised
-from neurojax.nn.gating import Gate, GatedHead, OnBackbone
-from neurojax.train import losses
-from neurojax.train.schedules import SCHEDULES
-from neurojax.train.experiment import check_or_save_config, load_run
+from neurojax.nn.gating import Gate, OnBackbone
+from neurojax.train import report
+from neurojax.train import workdir as workdir_lib
 from neurojax.train import steps as steps_lib
-from neurojax.train.steps import model_variables
-from neurojax.train.writers import format_table
+from neurojax.train.experiment import check_or_save_config, load_run
 from neurojax.tree import path_str
 
 HEADS = ("K", "D", "W")
 MODES = ("own", "switch", "kakuritsu", "dropout")
+# Changing these on a finished run re-evaluates its heads, never retrains them.
+RESUME_SAFE = ("kakuritsu.eval_p", "kakuritsu.eval_dropout")
 
 
 class BackboneError(ValueError):
   """A backbone checkpoint that does not fit config.model (names the key)."""
 
 
+def config() -> ml_collections.ConfigDict:
+  """`config.kakuritsu`: method="kakuritsu", gated heads (K, D, W) on a
+  backbone, and the eval matrix."""
+  from neurojax.config import schedule_config  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(dict(
+      backbone="",                  # a converted torchvision checkpoint, a workdir, or "random"
+      pretrain=dict(                # train config.model here first, as the backbone
+          epochs=0.0,               # > 0: pretrain, with config.optimizer and this schedule
+          schedule=schedule_config()),
+      train_backbone=False,         # True: train the whole network (from scratch, or fine-tune)
+      backbone_bn="batch",          # batch (the original: BN in train mode) | running
+      heads=("K", "D", "W"),
+      hidden=1000,                  # the heads' hidden width
+      p=0.5,                        # K's keep probability
+      dropout=0.5,                  # D's dropout rate
+      eval_p=0.5,                   # the "kakuritsu" eval mode's keep probability
+      eval_dropout=0.5))            # the "dropout" eval mode's rate
+
+
 def validate(config) -> None:
+  from neurojax import config as config_lib  # pylint: disable=g-import-not-at-top
   k = config.kakuritsu
   if not k.heads or any(h not in HEADS for h in k.heads):
     raise ValueError(f"config.kakuritsu.heads={tuple(k.heads)} must be a non-empty subset of "
@@ -72,29 +93,26 @@ def validate(config) -> None:
       raise ValueError(f"config.kakuritsu.{field}={k[field]} must be in [0, 1)")
   if k.hidden < 1:
     raise ValueError(f"config.kakuritsu.hidden={k.hidden} must be >= 1")
-  if k.pretrain_schedule and k.pretrain_schedule not in SCHEDULES:
-    raise ValueError(f"config.kakuritsu.pretrain_schedule={k.pretrain_schedule!r} is not valid; "
-                     f"choose one of: {', '.join(SCHEDULES)} (or '' for config.schedule.name)")
-  if k.pretrain_epochs < 0:
-    raise ValueError(f"config.kakuritsu.pretrain_epochs={k.pretrain_epochs} must be >= 0")
-  if k.backbone and k.pretrain_epochs:
+  config_lib.check_number(config, "kakuritsu.pretrain.epochs", 0,
+                          hint=" (0: no pretraining)")
+  config_lib.validate_schedule(config, "kakuritsu.pretrain.schedule")
+  if k.backbone and k.pretrain.epochs:
     raise ValueError("set config.kakuritsu.backbone (a checkpoint to start from) or "
-                     "config.kakuritsu.pretrain_epochs (train the backbone here first), not both")
-  if not (k.backbone or k.pretrain_epochs or k.train_backbone):
+                     "config.kakuritsu.pretrain.epochs (train the backbone here first), not both")
+  if not (k.backbone or k.pretrain.epochs or k.train_backbone):
     raise ValueError("the heads would train on a random frozen backbone: set "
                      "config.kakuritsu.backbone (a converted checkpoint or a workdir; 'random' "
-                     "if you mean it, e.g. to time the step), config.kakuritsu.pretrain_epochs, "
+                     "if you mean it, e.g. to time the step), config.kakuritsu.pretrain.epochs, "
                      "or config.kakuritsu.train_backbone=True (the whole network from scratch)")
   if not models.is_backbone(config.model.name):
     raise ValueError(f"config.model.name={config.model.name!r} cannot be a backbone; choose "
                      f"one of: {', '.join(n for n in models.names() if models.is_backbone(n))}")
 
 
-def backbone(config):
+def backbone_spec(config) -> dict:
   """config.model without its classifier (num_classes=0: pooled features)."""
-  options = {n: v for n, v in config.model.items() if n != "name"}
-  return models.get_model(config.model.name, num_classes=0, dtype=config.compute_dtype,
-                          **options)
+  return models.spec(config.model.name, num_classes=0, dtype=config.compute_dtype,
+                     **{n: v for n, v in config.model.items() if n != "name"})
 
 
 def head_gates(k) -> dict[str, Gate]:
@@ -108,13 +126,20 @@ def eval_gates(k, head: str) -> dict[str, Gate]:
           "kakuritsu": Gate("kakuritsu", k.eval_p), "dropout": Gate("dropout", rate=k.eval_dropout)}
 
 
-def head_model(config, head: str, num_classes: int) -> OnBackbone:
+def head_spec(config, head: str, num_classes: int) -> dict:
+  """The model spec of `head` on the backbone (`models.heads.on_backbone`):
+  a head's checkpoint stores it, so `load_run` rebuilds the head's model."""
   k = config.kakuritsu
-  return OnBackbone(
-      backbone(config),
-      GatedHead(k.hidden, num_classes, "kakuritsu" if head == "K" else "torch",
-                dtype=models.DTYPES[config.compute_dtype]),
-      head_gates(k)[head], freeze_backbone=not k.train_backbone, backbone_bn=k.backbone_bn)
+  gate = head_gates(k)[head]
+  return models.spec("on_backbone", num_classes=num_classes, dtype=config.compute_dtype,
+                     backbone=backbone_spec(config), hidden=k.hidden,
+                     weight_init="kakuritsu" if head == "K" else "torch",
+                     gate=(gate.kind, gate.p, gate.rate), freeze_backbone=not k.train_backbone,
+                     backbone_bn=k.backbone_bn)
+
+
+def head_model(config, head: str, num_classes: int) -> OnBackbone:
+  return models.build(head_spec(config, head, num_classes))
 
 
 def load_backbone(directory: str, config) -> dict:
@@ -173,13 +198,12 @@ def _pretrain(config, workdir: str) -> str:
   with pre.unlocked():
     pre.method = "supervised"
     pre.num_steps = 0
-    pre.num_epochs = float(k.pretrain_epochs)
-    pre.schedule.lr = k.pretrain_lr or config.schedule.lr
-    pre.schedule.name = k.pretrain_schedule or config.schedule.name
+    pre.num_epochs = float(k.pretrain.epochs)
+    pre.schedule = copy.deepcopy(k.pretrain.schedule)
     pre.optimizer.freeze = ""
   directory = os.path.join(workdir, "backbone")
-  print(f"\n== backbone: {config.model.name}, {k.pretrain_epochs:g} epochs, in {directory}")
-  supervised.run(pre, directory)
+  print(f"\n== backbone: {config.model.name}, {k.pretrain.epochs:g} epochs, in {directory}")
+  supervised.train(pre, directory, resume_safe=RESUME_SAFE)
   return directory
 
 
@@ -192,28 +216,21 @@ def _head_config(config, head: str):
 
 
 def eval_matrix(model: OnBackbone, state, data, mesh, gates: dict[str, Gate], seed: int) -> dict:
-  """{mode: {"top1", "top5", "loss"}} over the eval split: the backbone runs
-  once per batch (BN running statistics), then the head under every gate."""
-  base = jax.random.fold_in(jax.random.PRNGKey(seed), 0x6A7E)
-
-  def step(state, batch, index):
-    features = model.apply(model_variables(state.params, state.batch_stats), batch["image"],
-                           method="features")
-    key = jax.random.fold_in(base, index)
-    sums = {}
+  """{mode: {"top1", "top5", "loss"}} over the eval split, on the shared
+  evaluator: the backbone runs once per batch (BN running statistics), then
+  the head under every gate, gate i drawing from fold_in(batch key, i)."""
+  def predict(variables, images, key):
+    features = model.apply(variables, images, method="features")
+    out = {}
     for i, (name, gate) in enumerate(gates.items()):
       k = jax.random.fold_in(key, i)
-      logits = model.apply({"params": state.params}, features, gate, method="classify",
-                           rngs={"gate": k, "dropout": k})
-      per_example = losses.cross_entropy(logits, batch["label"])
-      sums[name] = losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
-    return sums
+      out[name] = model.apply({"params": variables["params"]}, features, gate,
+                              method="classify", rngs={"gate": k, "dropout": k})
+    return out
 
-  rep = parallel.replicated(mesh)
-  jitted = jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh), rep),
-                   out_shardings=rep)
-  totals = steps_lib.sum_over_batches(jitted, state, data.eval.batches(), mesh, indexed=True)
-  return {name: losses.means(totals[name]) for name in gates}
+  step = steps_lib.jit_eval_step(steps_lib.eval_step_fn(model, predict=predict), mesh)
+  return steps_lib.evaluate(step, state, data.eval.batches(), mesh,
+                            rng.purpose_key(seed, rng.EVAL_MATRIX))
 
 
 def _cached(path: str, step: int, modes: dict) -> dict | None:
@@ -228,11 +245,21 @@ def _cached(path: str, step: int, modes: dict) -> dict | None:
 
 def run(config, workdir: str) -> dict:
   validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  # The heads' runs lock their own workdirs; this one holds the whole run's.
+  lock = workdir_lib.acquire(workdir) if parallel.is_main_process() else None
+  try:
+    return _run(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir: str) -> dict:
   from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
   k = config.kakuritsu
-  os.makedirs(workdir, exist_ok=True)
-  check_or_save_config(config, workdir)
-  source = _pretrain(config, workdir) if k.pretrain_epochs else k.backbone
+  check_or_save_config(config, workdir, RESUME_SAFE)
+  source = _pretrain(config, workdir) if k.pretrain.epochs else k.backbone
   initial = None
   if source and source != "random":
     variables = load_backbone(source, config)
@@ -243,24 +270,25 @@ def run(config, workdir: str) -> dict:
   for head in k.heads:
     print(f"\n== head {head} ({head_gates(k)[head]}) on "
           f"{'a trainable' if k.train_backbone else 'a frozen'} {config.model.name}")
-    model = head_model(config, head, data.info.num_classes)
+    spec = head_spec(config, head, data.info.num_classes)
+    model = models.build(spec)
     trained, state = supervised.train(_head_config(config, head),
                                       os.path.join(workdir, "heads", head), data=data,
-                                      model=model, initial=initial)
+                                      model_spec=spec, initial=initial, resume_safe=RESUME_SAFE)
     gates = eval_gates(k, head)
     modes = {name: str(g) for name, g in gates.items()}
     cache = os.path.join(workdir, "heads", head, "eval_matrix.json")
     evaluated = _cached(cache, int(state.step), modes)
     if evaluated is None:
       evaluated = eval_matrix(model, state, data, mesh, gates, config.seed)
-      if jax.process_index() == 0:
+      if parallel.is_main_process():
         with open(cache, "w") as f:
           json.dump({"step": int(state.step), "modes": modes, "eval": evaluated}, f, indent=1)
     matrix[head] = {"trained_with": str(head_gates(k)[head]),
                     "images_per_sec": trained.get("images_per_sec"),
                     "eval": evaluated, "modes": modes}
     logging.info("head %s: %s", head, evaluated)
-  if jax.process_index() != 0:
+  if not parallel.is_main_process():
     return {}
   return _report(config, workdir, matrix)
 
@@ -290,27 +318,28 @@ def _report(config, workdir: str, matrix: dict) -> dict:
   k = config.kakuritsu
   speeds = {h: e["images_per_sec"] for h, e in matrix.items() if e["images_per_sec"]}
   results = {"model": config.model.name, "backbone": k.backbone or ("pretrained here" if
-                                                                   k.pretrain_epochs else "random"),
+                                                                   k.pretrain.epochs else "random"),
              "train_backbone": k.train_backbone, "backbone_bn": k.backbone_bn,
              "heads": matrix, "robustness": robustness(matrix),
              "step_time_vs_W": ({h: speeds["W"] / s for h, s in speeds.items()}
                                 if "W" in speeds else None)}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  rows = matrix_rows(matrix)
-  print(f"\nEval matrix, Acc1 / Acc5 (%), {config.model.name}, workdir {workdir}; modes: "
-        f"switch = p=1 and no dropout, kakuritsu = p={k.eval_p:g}, "
-        f"dropout = {k.eval_dropout:g}")
-  print(format_table(rows, list(rows[0])))
+  lines = []
   if results["robustness"]:
     r = results["robustness"]
-    print(f"K at p={k.p:g} minus W under Kakuritsu p={k.eval_p:g}: "
-          f"{100 * r['top1']:+.2f} Acc1, {100 * r['top5']:+.2f} Acc5")
+    lines.append(f"K at p={k.p:g} minus W under Kakuritsu p={k.eval_p:g}: "
+                 f"{100 * r['top1']:+.2f} Acc1, {100 * r['top5']:+.2f} Acc5")
   if results["step_time_vs_W"]:
-    print("train step time relative to W: " + ", ".join(
+    lines.append("train step time relative to W: " + ", ".join(
         f"{h} {t:.2f}x" for h, t in results["step_time_vs_W"].items()))
   from neurojax.plots import plot_eval_matrix  # pylint: disable=g-import-not-at-top
-  print("plot:", plot_eval_matrix({h: {m: e["eval"][m] for m in MODES} for h, e in matrix.items()},
-                                  os.path.join(workdir, "eval_matrix.png"),
-                                  title=f"{config.model.name}: heads x eval modes"))
-  return results
+  rows = matrix_rows(matrix)
+  return report.write(
+      workdir, "kakuritsu", results,
+      title=(f"Eval matrix, Acc1 / Acc5 (%), {config.model.name}, workdir {workdir}; modes: "
+             f"switch = p=1 and no dropout, kakuritsu = p={k.eval_p:g}, "
+             f"dropout = {k.eval_dropout:g}"),
+      rows=rows, lines=lines,
+      plot=lambda: plot_eval_matrix({h: {m: e["eval"][m] for m in MODES}
+                                     for h, e in matrix.items()},
+                                    os.path.join(workdir, "eval_matrix.png"),
+                                    title=f"{config.model.name}: heads x eval modes"))

@@ -2,16 +2,18 @@
 pruning, SNIP and random scores, and FPGM structured filter pruning.
 
     train the dense network for num_epochs
-    for target in sparsity.targets:                 # fraction of weights pruned
+    for target in prune.targets:                    # fraction of weights pruned
         scores <- score(params)                     # pruned weights score -inf
         masks  <- select(scores, keep 1 - target)
-        params <- params * masks; a fresh optimizer and lr schedule
-        retrain for retrain_epochs with the masks held fixed
+        params <- params * masks; a fresh optimizer, lr schedule prune.retrain.schedule
+        retrain for prune.retrain.epochs with the masks held fixed
         record sparsity, nonzero weights, compression and test accuracy
 
-One entry in `targets` is one-shot pruning. Masks live in the train state,
-so every phase checkpoints and resumes exactly; the optimizer is wrapped in
-`sparsity.masked`, so pruned weights and their moments stay exactly 0.
+`config.sparsity` says which weights are masked and how they are scored
+and selected; `config.prune` is the schedule. One entry in `targets` is
+one-shot pruning. Masks live in the train state, so every phase checkpoints
+and resumes exactly; the optimizer is wrapped in `sparsity.masked`, so
+pruned weights and their moments stay exactly 0.
 
 FPGM (`score="fpgm"`, `selection="channels"`) prunes whole channels of the
 model's declared channel groups (for the CIFAR ResNets: the inner channels
@@ -23,30 +25,42 @@ checking that it gives the masked model's logits.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+import ml_collections
 from absl import logging
 
-from neurojax import models, parallel
+from neurojax import models, parallel, rng
 from neurojax import sparsity as sp
 from neurojax.plots import plot_accuracy_vs_sparsity
+from neurojax.train import phases, report
 from neurojax.train import steps as steps_lib
 from neurojax.train.experiment import setup
-from neurojax.train.loop import Hook, fit
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
-from neurojax.train.writers import format_table, metrics_by_step
+from neurojax.train.writers import metrics_by_step
 
 SCORES = ("magnitude", "snip", "random", "fpgm")
 SELECTIONS = ("global", "per_layer", "std", "channels")
 
 
+def config() -> ml_collections.ConfigDict:
+  """`config.prune`: the pruning schedule of method="prune" (which weights,
+  and how they are scored and selected, is `config.sparsity`)."""
+  from neurojax.config import schedule_config  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(dict(
+      targets=(0.5, 0.75, 0.9),     # fraction pruned after each round (one entry: one-shot)
+      retrain=dict(                 # each round, with a fresh optimizer and this schedule
+          epochs=4.0,
+          schedule=schedule_config(lr=0.01))))
+
+
 def validate(config) -> None:
+  from neurojax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.validate_sparsity(config)
   s = config.sparsity
   if s.score not in SCORES:
     raise ValueError(f"config.sparsity.score={s.score!r} is not valid; choose one of: "
@@ -57,12 +71,13 @@ def validate(config) -> None:
   if (s.score == "fpgm") != (s.selection == "channels"):
     raise ValueError("config.sparsity.score='fpgm' goes with config.sparsity.selection="
                      "'channels' (structured filter pruning), and only with it")
-  targets = list(s.targets)
+  targets = list(config.prune.targets)
   if not targets or any(not 0 < t < 1 for t in targets) or targets != sorted(targets):
-    raise ValueError(f"config.sparsity.targets={tuple(targets)} must be increasing fractions "
+    raise ValueError(f"config.prune.targets={tuple(targets)} must be increasing fractions "
                      "in (0, 1), e.g. (0.5, 0.75, 0.9)")
-  if s.retrain_epochs <= 0:
-    raise ValueError(f"config.sparsity.retrain_epochs={s.retrain_epochs} must be > 0")
+  config_lib.check_number(config, "prune.retrain.epochs", 0, low_open=True,
+                          hint=" (each round's retraining)")
+  config_lib.validate_schedule(config, "prune.retrain.schedule")
   if s.selection == "channels":
     _groups(config, models.get_model(config.model.name, num_classes=10,
                                      **{k: v for k, v in config.model.items() if k != "name"}))
@@ -78,12 +93,12 @@ def _scores(config, exp, state, round_index):
   if s.score == "magnitude":
     scores = sp.magnitude(state.params, masks)
   elif s.score == "random":
-    scores = sp.random(jax.random.fold_in(state.rng, 1_000_000 + round_index), masks)
+    scores = sp.random(jax.random.fold_in(state.rng, rng.PRUNE_RANDOM + round_index), masks)
   else:
     start = int(state.step)
     # Global (sharded) batches: every process scores on the same data.
     batches = [parallel.shard_batch(exp.data.train.batch(start + i), exp.mesh)
-               for i in range(s.snip_batches)]
+               for i in range(sp.snip_batch_count(s.snip_batches, exp.steps_per_epoch))]
     scores = sp.snip(sp.ce_grad_fn(exp.model, state.batch_stats), state.params, batches, masks)
   # Pruned weights stay pruned: they never win a place back.
   return sp.map_masked(lambda m, x: jnp.where(m, x, -jnp.inf), masks, scores)
@@ -107,17 +122,11 @@ def run(config, workdir: str) -> dict:
   validate(config)
   exp = setup(config, workdir, with_masks=True)
   spe = exp.steps_per_epoch
-  targets = list(config.sparsity.targets)
-  round_steps = int(math.ceil(config.sparsity.retrain_epochs * spe))
-  bounds = [exp.num_steps + r * round_steps for r in range(len(targets) + 1)]
-  retrain_cfg = config.schedule.copy_and_resolve_references()
-  retrain_cfg.lr, retrain_cfg.warmup_epochs = config.sparsity.retrain_lr, 0.0
-  retrain_schedule = make_schedule(retrain_cfg, spe, round_steps)
-  retrain_tx = make_optimizer(config.optimizer, retrain_schedule, exp.state.params)
-  dense_step = exp.train_step()
-  retrain_step = exp.train_step(
-      retrain_tx, lambda s: retrain_schedule((s - exp.num_steps) % round_steps))
-  evaluate = exp.evaluator()
+  targets = list(config.prune.targets)
+  round_steps = int(math.ceil(config.prune.retrain.epochs * spe))
+  retrain_schedule = make_schedule(config.prune.retrain.schedule, spe, round_steps)
+  retrain = (make_optimizer(config.optimizer, retrain_schedule, exp.state.params),
+             retrain_schedule)
 
   def record(step, state):
     total = sp.summary(_layer_stats(config, exp, state))
@@ -127,32 +136,22 @@ def run(config, workdir: str) -> dict:
                      prefix="prune/")
     logging.info("step %d: %s", step, total)
 
+  def prune_to(r, target):
+    def enter(exp, state):       # the round begins: prune; the optimizer starts afresh
+      masks = _prune(config, exp, state, r, target)
+      return state.replace(params=sp.apply(state.params, masks), masks=masks)
+    return enter
+
   # At the end of each phase: evaluate, record the sparsity, then checkpoint.
-  hooks = [Hook(exp.every(config.eval_every_steps), evaluate), Hook(0, record),
-           Hook(exp.every(config.checkpoint_every_steps), exp.save)]
-  state = exp.state
-  progress = exp.progress("prune", total=bounds[-1])
-  try:
-    phases = [(None, dense_step)] + [(t, retrain_step) for t in targets]
-    for r, (target, step_fn) in enumerate(phases):
-      end = bounds[r]
-      start = bounds[r - 1] if r else 0
-      if int(state.step) >= end:
-        continue
-      if target is not None and int(state.step) == start:   # the round begins: prune
-        masks = _prune(config, exp, state, r, target)
-        params = sp.apply(state.params, masks)
-        state = state.replace(params=params, masks=masks, opt_state=retrain_tx.init(params))
-      state = fit(state, train_step=step_fn, batches=exp.data.train.batches(int(state.step)),
-                  mesh=exp.mesh, num_steps=end, writer=exp.writer,
-                  log_every=config.log_every_steps, progress=progress,
-                  hooks=hooks)
-  finally:
-    exp.close(progress)
+  plan = [phases.Phase("dense", exp.num_steps, at_end=[record])] + [
+      phases.Phase(f"round {r}", round_steps, enter=prune_to(r, t), optimizer=lambda e: retrain,
+                   fresh_optimizer=True, at_end=[record])
+      for r, t in enumerate(targets, start=1)]
+  state = phases.run(exp, plan, desc="prune")
   slim = None
   if config.sparsity.selection == "channels":
     slim = _export_slim(config, exp, state, workdir)
-  return _report(config, exp, workdir, bounds, slim)
+  return _report(config, exp, workdir, phases.bounds(plan)[1:], slim)
 
 
 def _layer_stats(config, exp, state):
@@ -188,19 +187,19 @@ def _export_slim(config, exp, state, workdir) -> dict:
   info = {"directory": os.path.join(workdir, "slim"), "widths": list(widths), "params": n_params,
           "dense_params": sum(int(x.size) for x in jax.tree.leaves(params)),
           "macs": stats["macs"], "logits_max_abs_diff": max_diff}
-  if jax.process_index() == 0:
+  if parallel.is_main_process():
     sp.export(info["directory"], spec, variables)
   return info
 
 
-def _report(config, exp, workdir, bounds, slim=None) -> dict:
-  if jax.process_index() != 0:
+def _report(config, exp, workdir, ends, slim=None) -> dict:
+  if not exp.writer.active:
     return {}
   by_step = metrics_by_step(workdir)
   rows = []
-  for i, step in enumerate(bounds):
+  for i, step in enumerate(ends):
     rec = by_step.get(step, {})
-    rows.append({"round": i, "target": 0.0 if i == 0 else config.sparsity.targets[i - 1],
+    rows.append({"round": i, "target": 0.0 if i == 0 else config.prune.targets[i - 1],
                  "sparsity": rec.get("prune/sparsity"), "nonzero": int(rec.get("prune/nonzero", 0)),
                  "compression": rec.get("prune/compression"),
                  "macs_kept": (rec["prune/macs"] / rec["prune/dense_macs"]
@@ -210,21 +209,20 @@ def _report(config, exp, workdir, bounds, slim=None) -> dict:
   results = {"model": config.model.name, "score": config.sparsity.score,
              "selection": config.sparsity.selection, "rounds": rows,
              "dense_top1": rows[0]["top1"],
-             "dense_macs": by_step.get(bounds[0], {}).get("prune/dense_macs")}
+             "dense_macs": by_step.get(ends[0], {}).get("prune/dense_macs")}
+  lines = []
   if slim:
     results["slim"] = slim
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  print(f"\n{config.model.name}: {config.sparsity.score} scores, {config.sparsity.selection} "
-        f"selection, workdir {workdir}")
-  print(format_table(rows, ["round", "target", "sparsity", "nonzero", "compression",
-                            "macs_kept", "top1", "top5"]))
-  if slim:
-    print(f"slimmed model: {slim['params']:,} params (dense {slim['dense_params']:,}), "
-          f"{slim['macs']:,} MACs per example, inner widths {slim['widths']}; same logits as "
-          f"the masked model (max abs diff {slim['logits_max_abs_diff']:.1e}); "
-          f"written to {slim['directory']}")
+    lines.append(f"slimmed model: {slim['params']:,} params (dense {slim['dense_params']:,}), "
+                 f"{slim['macs']:,} MACs per example, inner widths {slim['widths']}; same logits "
+                 f"as the masked model (max abs diff {slim['logits_max_abs_diff']:.1e}); "
+                 f"written to {slim['directory']}")
   label = f"{config.model.name} {config.sparsity.score}/{config.sparsity.selection}"
-  print("plot:", plot_accuracy_vs_sparsity({label: rows},
-                                           os.path.join(workdir, "accuracy_vs_sparsity.png")))
-  return results
+  return report.write(
+      workdir, "prune", results,
+      title=(f"{config.model.name}: {config.sparsity.score} scores, "
+             f"{config.sparsity.selection} selection, workdir {workdir}"),
+      rows=rows, columns=["round", "target", "sparsity", "nonzero", "compression", "macs_kept",
+                          "top1", "top5"], lines=lines,
+      plot=lambda: plot_accuracy_vs_sparsity({label: rows},
+                                             os.path.join(workdir, "accuracy_vs_sparsity.png")))

@@ -1,9 +1,10 @@
 """Model registry: `get_model(name, num_classes=..., dtype=..., **options)`."""
 
-from neurojax.models import convnext, lenet, resnet, resnet_cifar  # noqa: F401  (registers the models)
-from neurojax.models.registry import (DTYPES, ChannelGroup, channel_groups, default_options,
-                                      get_model, is_backbone, names, options, register,
-                                      width_option)
+from neurojax.models import convnext, heads, lenet, resnet, resnet_cifar  # noqa: F401  (registers the models)
+from neurojax.models.registry import (DTYPES, ChannelGroup, Stages, channel_groups,
+                                      build, default_options, get_model, is_backbone, names, options,
+                                      register, spec, stages, width_option)
 
-__all__ = ["DTYPES", "ChannelGroup", "channel_groups", "default_options", "get_model", "is_backbone", "names",
-           "options", "register", "width_option"]
+__all__ = ["DTYPES", "ChannelGroup", "Stages", "build", "channel_groups", "default_options",
+           "get_model", "is_backbone", "names", "options", "register", "spec", "stages",
+           "width_option"]

@@ -22,6 +22,10 @@ zero-initialised `nn.quadratic.Quadratic` on the raw block input (no LN, no
 Module names follow timm's state_dict (`stages_1_downsample_conv`,
 `stages_0_blocks_2/conv_dw`, `head_fc`); `torchvision_path` maps torchvision's
 keys onto them, for `neurojax.convert.torchvision`.
+
+`STAGES` (the generation policies' depth): the stem (stem_conv, stem_norm)
+is stage 0; timm's stages_0..3 are stages 1-4, each with the downsample
+(LN, 2x2/2 conv) in front of it; the head (5) is head_norm and head_fc.
 """
 
 from __future__ import annotations
@@ -33,11 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from neurojax.models.layers import DropPath
-from neurojax.models.registry import register
+from neurojax.models.registry import Stages, register
 from neurojax.nn.quadratic import Quadratic
 
 trunc_normal = nn.initializers.truncated_normal(0.02, lower=-100.0, upper=100.0)
 DIT_BLOCK = (0, 2)                  # (stage, block) that gets the quadratic term
+STAGES = Stages((("stem", r"stem_(conv|norm)"),) +
+                tuple((f"stages_{s}", rf"stages_{s}_(downsample_(norm|conv)|blocks_\d+)")
+                      for s in range(4)) + (("head", r"head_(norm|fc)"),))
 
 
 def conv(features: int, kernel: int, stride: int, dtype, name: str, groups: int = 1):
@@ -135,6 +142,7 @@ def _convnext(size: str, dit: bool = False):
     return ConvNeXt(depths=depths, dims=dims, num_classes=num_classes,
                     drop_path=float(drop_path), dit=dit, dtype=dtype)
   factory.backbone = True
+  factory.stages = STAGES
   return factory
 
 

@@ -1,6 +1,8 @@
 """LeNet-300-100 and Han et al.'s (Caffe) LeNet-5.
 
 Both use PyTorch's default init. Inputs are NHWC images; the MLP flattens.
+For the generation policies each layer is a stage: the first is the stem
+(stage 0), the last the head.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from neurojax.models.layers import torch_conv, torch_dense
-from neurojax.models.registry import register
+from neurojax.models.registry import Stages, register
 
 
 @register("lenet_300_100")
@@ -26,6 +28,9 @@ class LeNet300100(nn.Module):
     x = nn.relu(torch_dense(x, 300, self.dtype, name="fc1"))
     x = nn.relu(torch_dense(x, 100, self.dtype, name="fc2"))
     return torch_dense(x, self.num_classes, self.dtype, name="fc3")
+
+
+LeNet300100.stages = Stages(tuple((n, n) for n in ("fc1", "fc2", "fc3")))
 
 
 @register("lenet5")
@@ -51,3 +56,6 @@ class LeNet5(nn.Module):
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(torch_dense(x, 500, self.dtype, name="fc1"))
     return torch_dense(x, self.num_classes, self.dtype, name="fc2")
+
+
+LeNet5.stages = Stages(tuple((n, n) for n in ("conv1", "conv2", "fc1", "fc2")))

@@ -4,24 +4,58 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from typing import Callable
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INTERNAL: set[str] = set()      # built from a spec only, not chosen by config.model.name
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def register(name: str):
-  """Decorator: registers a module class or factory under `name`."""
+def register(name: str, internal: bool = False):
+  """Decorator: registers a module class or factory under `name`;
+  `internal` ones (e.g. a head on a backbone) are built from a spec only."""
   def wrap(factory):
     if name in _MODELS:
       raise ValueError(f"model {name!r} is registered twice")
     _MODELS[name] = factory
+    if internal:
+      _INTERNAL.add(name)
     return factory
   return wrap
+
+
+def spec(name: str, *, num_classes: int, dtype: str = "float32", **options) -> dict:
+  """A model spec: everything that rebuilds the model (`build(spec)`), as
+  JSON. Checkpoints store it, so a run rebuilds from its workdir alone."""
+  return {"name": name, "num_classes": int(num_classes), "dtype": dtype,
+          "options": _jsonable(options)}
+
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def _from_json(value):
+  """Lists back to tuples (model options are hashable); specs stay dicts."""
+  if isinstance(value, list):
+    return tuple(_from_json(v) for v in value)
+  return value
+
+
+def build(model_spec: dict) -> nn.Module:
+  """The model of a `spec(...)` (e.g. `meta["model"]` of a checkpoint)."""
+  options = {k: _from_json(v) for k, v in model_spec.get("options", {}).items()}
+  return get_model(model_spec["name"], num_classes=model_spec["num_classes"],
+                   dtype=model_spec.get("dtype", "float32"), **options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +79,58 @@ def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
   return groups(model)
 
 
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """A model's stages, for the policies that act by depth (sparsity.policies
+  `ke`, `llf`, `layerwise`). `modules` is (stage name, regex) per stage, in
+  order: stage 0 is the stem, 1 .. S (`num_stages`) the body stages and
+  S + 1 (`head`) the classifier. A param is in the stage whose regex fully
+  matches its top-level module, the first part of its '/'-joined path in the
+  `params` collection ("layer3_1" of "layer3_1/conv2/kernel"). Called on a
+  path, it returns that stage index; a path in no stage is a ValueError."""
+  modules: tuple[tuple[str, str], ...]
+  model: str = ""                   # the registry name, filled in by `stages(name)`
+
+  def __post_init__(self):
+    if len(self.modules) < 2:
+      raise ValueError(f"Stages needs at least a stem and a head, got {self.modules!r}")
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(n for n, _ in self.modules)
+
+  @property
+  def num_stages(self) -> int:
+    """S, the body stages (the stem and the head not counted)."""
+    return len(self.modules) - 2
+
+  @property
+  def head(self) -> int:
+    return len(self.modules) - 1
+
+  def __call__(self, path: str) -> int:
+    top = path.split("/")[0]
+    for k, (_, pattern) in enumerate(self.modules):
+      if re.fullmatch(pattern, top):
+        return k
+    raise ValueError(f"param {path!r} is in no stage that model {self.model or '(unnamed)'} "
+                     f"declares: {', '.join(f'{n}={p!r}' for n, p in self.modules)}")
+
+
+def stages(name: str) -> Stages:
+  """The stem, body stages and head that model `name` declares."""
+  if name not in _MODELS:
+    raise ValueError(f"config.model.name={name!r} is not a known model; "
+                     f"choose one of: {', '.join(names())}")
+  declared = getattr(_MODELS[name], "stages", None)
+  if declared is None:
+    with_stages = [n for n in names() if hasattr(_MODELS[n], "stages")]
+    raise ValueError(f"model {name!r} declares no stages (stem, body stages, head: a "
+                     f"`stages` attribute on its registered factory), so it has no depth to "
+                     f"reset by; models that do: {', '.join(with_stages)}")
+  return dataclasses.replace(declared, model=name)
+
+
 def width_option(name: str) -> str:
   """The option that sets the per-group widths of a slimmed model `name`."""
   return _MODELS[name].width_option
@@ -56,7 +142,7 @@ def is_backbone(name: str) -> bool:
 
 
 def names() -> list[str]:
-  return sorted(_MODELS)
+  return sorted(n for n in _MODELS if n not in _INTERNAL)
 
 
 def default_options(name: str) -> dict:

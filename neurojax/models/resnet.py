@@ -16,6 +16,8 @@ Param names follow torchvision's state_dict (`layer1_0/conv1`,
 `layer2_0/downsample_conv`, ...). Convs have no bias and use
 kaiming_normal(fan_in) (the DNR/KE code; `conv_init="fan_out"` is
 torchvision's); BN starts at scale 1, bias 0; fc uses PyTorch's default.
+`STAGES` (the generation policies' depth): the stem (conv1, bn1) is stage 0,
+layer1..4 are stages 1-4, fc is the head (5).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ import jax.numpy as jnp
 
 from neurojax.models.layers import (batch_norm, kaiming_normal_fan_in, kaiming_normal_fan_out,
                                     torch_dense)
-from neurojax.models.registry import register
+from neurojax.models.registry import Stages, register
 
 STEMS = ("imagenet", "small")
+STAGES = Stages((("stem", r"conv1|bn1"),) +
+                tuple((f"layer{k}", rf"layer{k}_\d+") for k in range(1, 5)) + (("fc", "fc"),))
 CONV_INITS = {"fan_in": kaiming_normal_fan_in, "fan_out": kaiming_normal_fan_out}
 
 
@@ -117,6 +121,7 @@ def _resnet(depth: int):
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
                   conv_init=conv_init, width=width, dtype=dtype)
   factory.backbone = True
+  factory.stages = STAGES
   return factory
 
 

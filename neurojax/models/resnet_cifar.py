@@ -19,6 +19,8 @@ h = relu(bn1(conv1(x))), then relu(out + shortcut(x)); Q is
 `block_widths` (one per block, in order) sets the inner width of each block
 (conv1's outputs, conv2's inputs): a slimmed model after structured
 pruning. `channel_groups` declares those channels for the pruner.
+`STAGES` (the generation policies' depth): the stem (conv1, bn1) is stage 0,
+stage1..3 (`stageK_blockB`) are stages 1-3, fc is the head (4).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from neurojax.models.layers import batch_norm, kaiming_normal_fan_in, torch_dense
-from neurojax.models.registry import ChannelGroup, register
+from neurojax.models.registry import ChannelGroup, Stages, register
 from neurojax.nn.quadratic import Quadratic, SpatialLayerNorm
 
 
@@ -121,6 +123,8 @@ def channel_groups(model: CifarResNet) -> list[ChannelGroup]:
 
 
 VARIANTS = ("he", "dit_code")
+STAGES = Stages((("stem", r"conv1|bn1"),) +
+                tuple((f"stage{k}", rf"stage{k}_block\d+") for k in range(1, 4)) + (("fc", "fc"),))
 
 
 def _cifar_resnet(depth: int, dit: bool = False):
@@ -137,6 +141,7 @@ def _cifar_resnet(depth: int, dit: bool = False):
     factory.channel_groups = channel_groups
     factory.width_option = "block_widths"
   factory.backbone = True
+  factory.stages = STAGES
   return factory
 
 

@@ -209,6 +209,7 @@ class OnBackbone(nn.Module):
   backbone_bn: str = "batch"
 
   BACKBONE_BN = ("batch", "running")
+  rng_streams = ("dropout", "gate")     # neurojax.rng: the streams training feeds it
 
   def features(self, x, train: bool = False):
     """The backbone's pooled features (no gradient when frozen)."""

@@ -13,7 +13,8 @@ an optax wrapper that holds pruned weights at zero, and statistics.
 
 from neurojax.sparsity.masks import (DEFAULT_INCLUDE, apply, dense_masks, fill, map_masked,
                                      regenerate)
-from neurojax.sparsity.scores import bn_gamma, ce_grad_fn, fpgm, magnitude, random, snip
+from neurojax.sparsity.scores import (bn_gamma, ce_grad_fn, fpgm, magnitude, random, snip,
+                                      snip_batch_count)
 from neurojax.sparsity.select import (channels, count, global_topk, intersect, per_layer_topk,
                                       std_threshold)
 from neurojax.sparsity.stats import layer_stats, summary, table
@@ -25,4 +26,5 @@ __all__ = ["DEFAULT_INCLUDE", "alive_channels", "apply", "bn_gamma", "ce_grad_fn
            "channel_masks", "channels", "count", "dense_masks", "export", "fill", "fpgm",
            "fpgm_channels", "global_topk", "group_masks", "intersect", "layer_stats",
            "load_exported", "magnitude", "map_masked", "masked", "per_layer_topk", "random",
-           "regenerate", "slim", "snip", "std_threshold", "summary", "table"]
+           "regenerate", "slim", "snip", "snip_batch_count", "std_threshold", "summary",
+           "table"]

@@ -2,27 +2,39 @@
 
 Each policy returns a keep-mask for `regenerate(params, mask, fresh)`: a
 bool array (True = keep) on every leaf a policy may reset, None on the
-leaves it never touches. Paths are '/'-joined param paths in the
-torchvision-style ResNet naming (`conv1`, `bn1`, `layer3_1/conv2`,
-`layer2_0/downsample_conv`, `fc`; the CIFAR ResNets' `stage2_block0` works
-too); `stage_of` maps them to 0 (stem), 1-4 (layer1-4) and 5 (the head).
+leaves it never touches. Paths are '/'-joined paths in the `params`
+collection (`conv1/kernel`, `layer3_1/conv2/kernel`, `head_fc/bias`).
+
+`ke`, `llf` and `layerwise` act by depth, so they take the model's
+`stages` (`models.stages(name)`, a `models.Stages`): called on a path it
+gives the stage, 0 for the stem, 1 .. S (`stages.num_stages`) for the body
+stages and S + 1 (`stages.head`) for the head. Every model of the registry
+declares them: the torchvision ResNets (layer1-4, S = 4), the CIFAR and Dit
+ResNets (stage1-3, S = 3), the ConvNeXts and Dit-ConvNeXts (timm's
+stages_0-3 with their downsamples, S = 4; the head is head_norm + head_fc)
+and the LeNets (a stage per layer: LeNet-5 S = 2, LeNet-300-100 S = 1);
+`models.stages` refuses a model that declares none. `dnr` works on any model.
 
 - `dnr`: SNIP |w * sum_b |g_b|| over conv and fc kernels, downsample convs
-  excluded; keep the global top `keep` fraction. BN and biases: never reset.
-- `ke`: Knowledge Evolution's fixed "kels" split: each conv keeps
-  [:ceil(s*in), :ceil(s*out)] (the stem keeps all its input channels), fc
-  keeps [:ceil(s*in), :]; downsample convs included; BN and the fc bias kept.
-- `llf`: later-layer forgetting: every conv (downsample included) and the fc
-  weight and bias from `reset_layer` on are re-drawn; BN is kept.
-- `layerwise`: in generation g of G, every parameter (BN scale and bias too;
-  running stats live in batch_stats and are kept) from layer (4*g)//G + 1
-  on, and the head, is re-drawn.
+  excluded; keep the global top `keep` fraction. Norms and biases: never reset.
+- `ke`: Knowledge Evolution's fixed "kels" split: each conv and dense kernel
+  keeps [:ceil(s*in), :ceil(s*out)], except that the stem keeps all its
+  inputs and the head all its outputs (fc: [:ceil(s*in), :]); downsample
+  convs included; norms, biases and other params (Dit's Q) kept.
+- `llf`: later-layer forgetting: every conv and dense layer (downsample
+  included), kernel and bias, from stage `reset_layer` on is re-drawn; norms
+  (BN, LN), ConvNeXt's layer scale and Dit's Q are kept. `reset_layer` is
+  "layerK", body stage K (1 <= K <= S) of any model, or one of the model's
+  own stage names after the stem (ResNet "layer4" or "fc", CIFAR ResNet
+  "stage3", ConvNeXt "stages_3" or "head", LeNet-5 "fc1").
+- `layerwise`: in generation g of G, every parameter (norm scale and bias
+  too; running stats live in batch_stats and are kept) from body stage
+  (S*g)//G + 1 on, and the head, is re-drawn ((4g)//G + 1 on a ResNet-18).
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -31,18 +43,6 @@ from neurojax.sparsity.masks import dense_masks
 from neurojax.sparsity.scores import snip
 from neurojax.sparsity.select import global_topk
 from neurojax.tree import path_str
-
-_LAYER = re.compile(r"^(?:layer|stage)(\d+)_")     # torchvision and CIFAR ResNet naming
-HEAD_STAGE = 5
-
-
-def stage_of(path: str) -> int:
-  """0 for the stem, k for layer k, HEAD_STAGE for the classifier."""
-  top = path.split("/")[0]
-  m = _LAYER.match(top)
-  if m:
-    return int(m.group(1))
-  return HEAD_STAGE if top in ("fc", "head", "classifier") else 0
 
 
 def _masks(params, rule):
@@ -58,39 +58,55 @@ def dnr(grad_fn, params, batches, keep: float):
   return global_topk(snip(grad_fn, params, batches, eligible, absolute_per_batch=True), keep)
 
 
-def ke(params, split_rate: float, image_channels: int = 3):
-  """KE's fixed split at `split_rate`."""
+def ke(params, split_rate: float, stages):
+  """KE's fixed split at `split_rate`; `stages` finds the stem and the head."""
   def rule(path, x):
     if not path.endswith("kernel"):
       return None
-    keep = jnp.zeros(x.shape, jnp.bool_)
-    if x.ndim == 2:                                   # fc [in, out]: the first inputs
-      return keep.at[:math.ceil(split_rate * x.shape[0]), :].set(True)
-    cin, cout = x.shape[-2:]
-    kin = cin if stage_of(path) == 0 and cin == image_channels else math.ceil(split_rate * cin)
-    return keep.at[..., :kin, :math.ceil(split_rate * cout)].set(True)
+    stage = stages(path)
+    cin, cout = x.shape[-2:]                          # conv [..., in, out], dense [in, out]
+    kin = cin if stage == 0 else math.ceil(split_rate * cin)
+    kout = cout if stage == stages.head else math.ceil(split_rate * cout)
+    return jnp.zeros(x.shape, jnp.bool_).at[..., :kin, :kout].set(True)
   return _masks(params, rule)
 
 
-def llf(params, reset_layer: str = "layer4"):
-  """Re-draw every kernel from `reset_layer` (e.g. "layer4") on, and the fc bias."""
-  m = re.fullmatch(r"layer(\d)", reset_layer)
-  if not m:
-    raise ValueError(f"reset_layer={reset_layer!r} must name a stage, layer1 .. layer4")
-  first = int(m.group(1))
+def reset_stage(reset_layer: str, stages) -> int:
+  """The stage `reset_layer` names: "layerK" is body stage K of any model;
+  the model's own stage names (after the stem) are accepted too."""
+  choices = {name: k for k, name in enumerate(stages.names) if k > 0}
+  choices.update({f"layer{k}": k for k in range(1, stages.num_stages + 1)})
+  if reset_layer not in choices:
+    s = stages.num_stages
+    layers = "layer1" if s == 1 else f"layer1 .. layer{s}"
+    raise ValueError(f"reset_layer={reset_layer!r} is not a stage of model "
+                     f"{stages.model or '(unnamed)'}: choose {layers} (layerK: body stage K) or "
+                     f"one of its stage names: {', '.join(stages.names[1:])}")
+  return choices[reset_layer]
+
+
+def _layer_biases(params) -> set[str]:
+  """The biases of conv and dense layers (a `bias` beside a `kernel`), not norms'."""
+  paths = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {p[:-len("kernel")] + "bias" for p in paths if p.endswith("kernel")} & paths
+
+
+def llf(params, reset_layer: str, stages):
+  """Re-draw every conv and dense layer (kernel and bias) from stage
+  `reset_layer` (e.g. "layer4") on."""
+  first = reset_stage(reset_layer, stages)
+  biases = _layer_biases(params)
 
   def rule(path, x):
-    if stage_of(path) < first:
-      return None
-    if path.endswith("kernel") or (stage_of(path) == HEAD_STAGE and path.endswith("bias")):
+    if stages(path) >= first and (path.endswith("kernel") or path in biases):
       return jnp.zeros(x.shape, jnp.bool_)
     return None
   return _masks(params, rule)
 
 
-def layerwise(params, generation: int, num_generations: int):
-  """Re-draw every parameter (BN affine included) from layer
-  (4 * generation) // num_generations + 1 on, and the head."""
-  first = (4 * generation) // num_generations + 1
+def layerwise(params, generation: int, num_generations: int, stages):
+  """Re-draw every parameter (norm affine included) from body stage
+  (S * generation) // num_generations + 1 on, and the head."""
+  first = (stages.num_stages * generation) // num_generations + 1
   return _masks(params, lambda path, x: jnp.zeros(x.shape, jnp.bool_)
-                if stage_of(path) >= first else None)
+                if stages(path) >= first else None)

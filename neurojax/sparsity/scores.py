@@ -8,12 +8,13 @@ Structured scores (FPGM) have one value per output channel (the last axis).
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 from neurojax.sparsity.masks import is_none, map_masked
-from neurojax.train import losses
+from neurojax import losses
 
 
 def magnitude(params, masks):
@@ -46,6 +47,12 @@ def snip(grad_fn, params, batches, masks, *, absolute_per_batch: bool = False):
   if total is None:
     raise ValueError("snip needs at least one batch")
   return map_masked(lambda _, w, g: jnp.abs(w * g), masks, params, total)
+
+
+def snip_batch_count(snip_batches: int, steps_per_epoch: int) -> int:
+  """How many batches SNIP sums over: `snip_batches`, or with 0 the DNR
+  code's ceil(steps per epoch / 32) (`config.sparsity.snip_batches`)."""
+  return snip_batches or math.ceil(steps_per_epoch / 32)
 
 
 def ce_grad_fn(model, batch_stats):

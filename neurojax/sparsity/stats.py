@@ -9,7 +9,7 @@ import numpy as np
 
 from neurojax.sparsity.masks import is_none
 from neurojax.tree import path_str
-from neurojax.train.writers import format_table
+from neurojax.tables import format_table
 
 
 def _output_shapes(model, variables, input_shape):

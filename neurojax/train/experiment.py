@@ -1,5 +1,12 @@
 """The set-up every method shares: mesh, data, model, optimizer, state,
-checkpoints and writers, restored from the workdir when a run resumes."""
+checkpoints and writers, restored from the workdir when a run resumes.
+
+An `Experiment` is not fixed for the whole run: `rebuild(model_spec)`
+switches it to another model (new shapes, a new optimizer; the jitted steps
+follow), e.g. at a phase start (`train.phases`). Each checkpoint stores the
+model spec (`models.spec`), so `setup` and `load_run` rebuild the model a
+run has at its newest checkpoint from the workdir alone.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +16,25 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
 
-from neurojax import models, parallel
+from neurojax import models, parallel, rng as rng_lib
 from neurojax.train import checkpoint as ckpt_lib
-from neurojax.train import losses
+from neurojax import losses
+from neurojax.train import workdir as workdir_lib
 from neurojax.train import steps as steps_lib
 from neurojax.train.optimizers import make_optimizer
 from neurojax.train.schedules import make_schedule
 from neurojax.train.state import TrainState, create_train_state, init_variables
 from neurojax.train.writers import MetricWriter, Progress
 
-# Fields that may change between the runs of one workdir without changing results.
+# Fields that may change between the runs of one workdir without changing
+# results; a method adds its own (`setup(resume_safe=...)`).
 RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "async_checkpoint",
-                      "data.num_threads", "data.prefetch", "keep_checkpoints",
-                      "kakuritsu.eval_p", "kakuritsu.eval_dropout")
+                      "data.num_threads", "data.prefetch", "keep_checkpoints", "restart")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -38,6 +47,7 @@ class Experiment:
   workdir: str
   mesh: jax.sharding.Mesh
   data: object
+  model_spec: dict
   model: object
   schedule: optax.Schedule
   tx: optax.GradientTransformation
@@ -46,6 +56,9 @@ class Experiment:
   writer: MetricWriter
   num_steps: int
   resumed_from: int | None
+  meta: dict | None = None        # the restored checkpoint's meta
+  lock: workdir_lib.WorkdirLock | None = None    # process 0's hold on the workdir
+  _steps: dict = dataclasses.field(default_factory=dict)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -60,12 +73,33 @@ class Experiment:
     """The step this run starts from (0, or the restored checkpoint's)."""
     return self.resumed_from or 0
 
+  def rebuild(self, model_spec: dict) -> None:
+    """Switches the run to the model of `model_spec` (e.g. other widths) and
+    a fresh optimizer for its params; the jitted steps are rebuilt on their
+    next use. Make the matching state with `new_state`."""
+    self.model_spec = model_spec
+    self.model, self.schedule, self.tx = build_model_and_optimizer(
+        self.config, model_spec, self.data.info.image_shape, self.steps_per_epoch,
+        self.num_steps)
+    self._steps.clear()
+
+  def new_state(self, like: TrainState, params, batch_stats, masks=None) -> TrainState:
+    """A state for the current model with these variables, `like`'s step and
+    rng, and a fresh optimizer state (and EMA, if the run keeps one)."""
+    state = TrainState(step=like.step, params=params, batch_stats=batch_stats,
+                       opt_state=self.tx.init(params), rng=like.rng, masks=masks,
+                       ema_params=jax.tree.map(jnp.copy, params)
+                       if self.config.ema_decay else None)
+    return jax.device_put(state, parallel.replicated(self.mesh))
+
   def checkpoint_meta(self, step: int, state: TrainState) -> dict:
-    """The data position of `step`, and what `load_run` needs to rebuild the model."""
+    """The data position of `step`, and what `load_run` needs to rebuild the
+    run: the model spec, the image shape, whether there are masks."""
     info = self.data.info
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "num_classes": info.num_classes,
-            "image_shape": list(info.image_shape), "masks": state.masks is not None}
+            "image_shape": list(info.image_shape), "masks": state.masks is not None,
+            "model": self.model_spec, "config": flatten_config(self.config)}
 
   def save(self, step: int, state: TrainState) -> None:
     self.checkpointer.save(step, state, self.checkpoint_meta(step, state))
@@ -74,29 +108,44 @@ class Experiment:
     return Progress(total or self.num_steps, self.start_step, self.config.batch_size, desc,
                     enabled=self.config.progress)
 
-  def train_step(self, tx=None, schedule=None):
+  def train_step(self, tx=None, objective: steps_lib.Objective | None = None):
     """The jitted train step of `config` (label smoothing, mixup/cutmix,
-    model EMA, gradient accumulation), with `tx` (default: the run's
-    optimizer) and `schedule` (the lr metric; default: the run's)."""
+    model EMA, gradient accumulation) for the current model, with `tx`
+    (default: the run's optimizer) and the method's `objective` (default:
+    cross-entropy). Built once per (model, tx, objective) and reused."""
     c = self.config
-    return steps_lib.jit_train_step(steps_lib.train_step_fn(
-        self.model, tx or self.tx, label_smoothing=c.label_smoothing,
-        schedule=schedule or self.schedule, mix=c.mix, ema_decay=c.ema_decay), self.mesh)
+    tx = tx or self.tx
+    key = (id(self.model), id(tx), id(objective))
+    if key not in self._steps:     # the entry keeps its objects alive: their ids stay theirs
+      self._steps[key] = (self.model, tx, objective, steps_lib.jit_train_step(
+          steps_lib.train_step_fn(self.model, tx, label_smoothing=c.label_smoothing,
+                                  objective=objective, mix=c.mix, ema_decay=c.ema_decay),
+          self.mesh))
+    return self._steps[key][-1]
 
-  def evaluator(self):
+  def train_step_compiles(self) -> int:
+    """XLA compilations of the train steps so far (one per model, optimizer
+    and objective when nothing changes shape between steps)."""
+    return sum(entry[-1]._cache_size() for entry in self._steps.values())  # pylint: disable=protected-access
+
+  def evaluator(self, objective: steps_lib.Objective | None = None, predict=None,
+                samples: int = 1):
     """`evaluate(step, state)`: test metrics over the whole eval split, written
     under eval/ (a `Hook` function); with model EMA also the EMA params', as
-    eval/ema_*. Its `.steps` lists the steps evaluated."""
-    plain = steps_lib.eval_step_fn(self.model)
-    ema = steps_lib.eval_step_fn(self.model, ema=True) if self.config.ema_decay else None
-
-    def both(state, batch):      # one pass over the eval data, for both param sets
-      return {"": plain(state, batch), **({"ema_": ema(state, batch)} if ema else {})}
-    eval_step = steps_lib.jit_eval_step(both, self.mesh)
+    eval/ema_*, in the same pass. `predict` and `samples` as in
+    `steps.eval_step_fn` (a stochastic eval draws from rng.EVAL's keys).
+    Its `.steps` lists the steps evaluated."""
+    built = [None, None]      # (model, its jitted eval step)
 
     def evaluate(step: int, state: TrainState) -> dict:
-      totals = steps_lib.sum_over_batches(eval_step, state, self.data.eval.batches(), self.mesh)
-      metrics = {prefix + k: v for prefix, sums in totals.items()
+      if built[0] is not self.model:     # first use, or after a rebuild
+        built[:] = [self.model, steps_lib.jit_eval_step(steps_lib.eval_step_fn(
+            self.model, objective=objective, predict=predict, samples=samples,
+            both=bool(self.config.ema_decay)), self.mesh)]
+      totals = steps_lib.sum_over_batches(built[1], state,
+                                          self.data.eval.batches(), self.mesh,
+                                          rng_lib.purpose_key(self.config.seed, rng_lib.EVAL))
+      metrics = {(f"{name}_{k}" if name else k): v for name, sums in totals.items()
                  for k, v in losses.means(sums).items()}
       self.writer.write(step, metrics, prefix="eval/")
       evaluate.steps.append(step)
@@ -107,66 +156,89 @@ class Experiment:
 
   def close(self, progress: Progress | None = None) -> None:
     """Ends a run, also on error: waits for a pending save (never leaves one
-    half-done) and flushes the metrics."""
+    half-done), flushes the metrics and frees the workdir. Idempotent."""
     if progress is not None:
       progress.close()
     self.checkpointer.wait()
+    self.writer.flush()
     self.writer.close()
+    self.checkpointer.close()
+    if self.lock is not None:
+      self.lock.release()
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_steps or int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
-def build_model_and_optimizer(config, num_classes: int, image_shape, steps_per_epoch: int,
-                              num_steps: int, model=None):
-  """(model, lr schedule, optax transformation) for `config`; `model`, if
-  given, replaces `config.model`'s."""
-  if model is None:
-    model_options = {k: v for k, v in config.model.items() if k != "name"}
-    model = models.get_model(config.model.name, num_classes=num_classes,
-                             dtype=config.compute_dtype, **model_options)
+def config_model_spec(config, num_classes: int) -> dict:
+  """The spec of `config.model` for `num_classes` classes."""
+  return models.spec(config.model.name, num_classes=num_classes, dtype=config.compute_dtype,
+                     **{k: v for k, v in config.model.items() if k != "name"})
+
+
+def build_model_and_optimizer(config, model_spec: dict, image_shape, steps_per_epoch: int,
+                              num_steps: int):
+  """(model, lr schedule, optax transformation) for `model_spec` and `config`."""
+  model = models.build(model_spec)
   schedule = make_schedule(config.schedule, steps_per_epoch, num_steps)
   abstract_params = jax.eval_shape(lambda k: init_variables(model, k, image_shape)[0],
                                    jax.random.PRNGKey(0))
   return model, schedule, make_optimizer(config.optimizer, schedule, abstract_params)
 
 
+def _newest_meta(checkpointer) -> dict | None:
+  """The meta of the newest checkpoint, or None (none, or unreadable)."""
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      return checkpointer.read_meta(step)
+    except Exception:  # pylint: disable=broad-except   (restore_latest says why)
+      return None
+  return None
+
+
+def _template(config, model, tx, image_shape, masks: bool, sharding=None) -> TrainState:
+  state = create_train_state(model, tx, rng_lib.seed_key(config.seed), image_shape, sharding,
+                             ema=bool(config.get("ema_decay", 0.0)))
+  return state.replace(masks=initial_masks(config, model, state.params)) if masks else state
+
+
 def load_run(workdir: str):
   """Loads a finished or interrupted run, read-only: `(config, model, state)`.
 
-  The state is the newest good checkpoint in `<workdir>/checkpoints`, on
-  this process's first device. E.g. in a notebook:
+  The model is rebuilt from the newest checkpoint's model spec (so also a
+  Kakuritsu head's run, or a model whose widths changed mid-run); the state
+  is that checkpoint's, on this process's first device. E.g. in a notebook:
   `config, model, state = load_run("runs/default")`, then
   `model.apply({"params": state.params, ...}, images)`.
   """
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = _unflatten(json.load(f))
+  saved = workdir_lib.read_saved_config(os.path.join(workdir, "config.json"))
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   steps = checkpointer.all_steps()
+  if saved is None and steps:
+    saved = (_newest_meta(checkpointer) or {}).get("config")
+  if saved is None:
+    raise ckpt_lib.CheckpointError(f"{workdir} has no readable config.json: is it a neurojax "
+                                   f"workdir?")
+  config = _unflatten(saved)
   if not steps:
-    hint = (f"; a kakuritsu run keeps its heads' runs in {workdir}/heads/<K|D|W>"
-            if config.method == "kakuritsu" else "")
+    subruns = sorted(os.path.relpath(root, workdir)
+                     for root, _, files in os.walk(workdir)
+                     if "config.json" in files and root != workdir)
+    hint = f"; the runs inside it are: {', '.join(subruns)}" if subruns else ""
     raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint{hint}")
   meta = checkpointer.read_meta(steps[-1])
-  model = None
-  if config.method == "kakuritsu":     # a head's run: the backbone + that head
-    from neurojax.methods import kakuritsu  # pylint: disable=g-import-not-at-top
-    model = kakuritsu.head_model(config, config.kakuritsu.heads[0], meta["num_classes"])
-  model, _, tx = build_model_and_optimizer(
-      config, meta["num_classes"], tuple(meta["image_shape"]), meta["steps_per_epoch"],
-      total_steps(config, meta["steps_per_epoch"]), model)
+  spec = meta.get("model") or config_model_spec(config, meta["num_classes"])
+  image_shape = tuple(meta["image_shape"])
+  model, _, tx = build_model_and_optimizer(config, spec, image_shape, meta["steps_per_epoch"],
+                                           total_steps(config, meta["steps_per_epoch"]))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  def template(key):
-    state = create_train_state(model, tx, key, tuple(meta["image_shape"]),
-                               ema=bool(config.get("ema_decay", 0.0)))
-    if not meta.get("masks"):
-      return state
-    return state.replace(masks=initial_masks(config, model, state.params))
-  abstract = jax.eval_shape(template, jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(lambda: _template(config, model, tx, image_shape,
+                                              bool(meta.get("masks"))))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
   state, _ = checkpointer.restore_latest(abstract, quarantine=False)   # read-only
+  checkpointer.close()
   return config, model, state
 
 
@@ -191,15 +263,18 @@ def _unflatten(flat: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tree)
 
 
-def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=None,
-          initial=None) -> Experiment:
+def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_spec=None,
+          initial=None, resume_safe=()) -> Experiment:
   """Builds everything for `config` and resumes from `workdir` if it holds a run.
 
   `with_masks=True` gives the fresh state all-True masks on the eligible
   weights (`config.sparsity.include/exclude`), for methods that prune.
-  `model` replaces the one `config.model` names; `initial(state) -> state`
-  changes the fresh state (e.g. loads pretrained weights) when there is no
-  checkpoint to resume from.
+  `model_spec` (`models.spec`) replaces the model `config.model` names;
+  a checkpoint's own spec wins over both (a run whose model changed
+  mid-run resumes with the changed one). `initial(state) -> state` changes
+  the fresh state (e.g. loads pretrained weights) when there is no
+  checkpoint to resume from. `resume_safe` adds the method's own fields
+  that may change between the runs of one workdir.
   """
   # pylint: disable=g-import-not-at-top
   from neurojax.config import validate
@@ -213,67 +288,85 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model=No
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   data = data or build_data(config)
   num_steps = total_steps(config, data.info.steps_per_epoch)
-  model, schedule, tx = build_model_and_optimizer(
-      config, data.info.num_classes, data.info.image_shape, data.info.steps_per_epoch, num_steps,
-      model)
-  # Only now, so that a config failing above leaves no config.json behind.
   os.makedirs(workdir, exist_ok=True)
-  check_or_save_config(config, workdir)
-  state = create_train_state(model, tx, jax.random.PRNGKey(config.seed), data.info.image_shape,
-                             parallel.replicated(mesh), ema=bool(config.ema_decay))
-  if with_masks:
-    state = state.replace(masks=initial_masks(config, model, state.params))
+  # Before anything reads or cleans the checkpoints: one live run per workdir.
+  lock = workdir_lib.acquire(workdir) if parallel.is_main_process() else None
+  try:
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         max_to_keep=config.keep_checkpoints,
+                                         async_save=config.async_checkpoint)
+    meta = _newest_meta(checkpointer)
+    spec = ((meta or {}).get("model") or model_spec
+            or config_model_spec(config, data.info.num_classes))
+    model, schedule, tx = build_model_and_optimizer(
+        config, spec, data.info.image_shape, data.info.steps_per_epoch, num_steps)
+    # Only now, so that a config failing above leaves no config.json behind.
+    check_or_save_config(config, workdir, resume_safe, (meta or {}).get("config"))
+    state = _template(config, model, tx, data.info.image_shape, with_masks,
+                      parallel.replicated(mesh))
+    restored = checkpointer.restore_latest(state)
+    resumed_from = None
+    if restored is None:      # never silently over an earlier run's history
+      workdir_lib.check_fresh_start(workdir, config.restart,
+                                    main_process=parallel.is_main_process())
+      if initial is not None:
+        state = initial(state)
+        if state.ema_params is not None:    # the average starts from the loaded weights
+          state = state.replace(ema_params=state.params)
+        state = jax.device_put(state, parallel.replicated(mesh))
+    else:
+      state, meta = restored
+      resumed_from = int(meta["step"])
+      if meta.get("steps_per_epoch", data.info.steps_per_epoch) != data.info.steps_per_epoch:
+        raise ConfigMismatchError(
+            f"the checkpoint in {workdir} was written with {meta['steps_per_epoch']} steps "
+            f"per epoch, but this config gives {data.info.steps_per_epoch}; use a new "
+            f"--workdir.")
+      logging.info("resuming from step %d (epoch %d, batch %d) in %s", resumed_from,
+                   meta["epoch"], meta["batch_in_epoch"], workdir)
+    writer = MetricWriter(workdir, resume_step=resumed_from)
+  except BaseException:
+    if lock is not None:
+      lock.release()
+    raise
+  return Experiment(config, workdir, mesh, data, spec, model, schedule, tx, state, checkpointer,
+                    writer, num_steps, resumed_from, meta if restored is not None else None,
+                    lock)
 
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=config.keep_checkpoints,
-                                       async_save=config.async_checkpoint)
-  restored = checkpointer.restore_latest(state)
-  resumed_from = None
-  if restored is None and initial is not None:
-    state = initial(state)
-    if state.ema_params is not None:    # the average starts from the loaded weights
-      state = state.replace(ema_params=state.params)
-    state = jax.device_put(state, parallel.replicated(mesh))
-  if restored is not None:
-    state, meta = restored
-    resumed_from = int(meta["step"])
-    if meta.get("steps_per_epoch", data.info.steps_per_epoch) != data.info.steps_per_epoch:
-      raise ConfigMismatchError(
-          f"the checkpoint in {workdir} was written with {meta['steps_per_epoch']} steps per "
-          f"epoch, but this config gives {data.info.steps_per_epoch}; use a new --workdir.")
-    logging.info("resuming from step %d (epoch %d, batch %d) in %s", resumed_from,
-                 meta["epoch"], meta["batch_in_epoch"], workdir)
-  writer = MetricWriter(workdir, resume_step=resumed_from)
-  return Experiment(config, workdir, mesh, data, model, schedule, tx, state, checkpointer,
-                    writer, num_steps, resumed_from)
 
-
-def _flatten(config, prefix="") -> dict:
+def flatten_config(config, prefix="") -> dict:
+  """{"a.b": value} of a config, tuples as lists (as config.json holds it)."""
   out = {}
   for k, v in config.items():
     if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten_config(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
   return out
 
 
-def check_or_save_config(config, workdir: str) -> None:
-  """Saves the resolved config; on resume, refuses a config that changed."""
+def check_or_save_config(config, workdir: str, resume_safe=(), fallback: dict | None = None
+                         ) -> None:
+  """Saves the resolved config; on resume, refuses a config that changed
+  (except in the RESUME_SAFE_FIELDS and the method's `resume_safe`). A torn
+  config.json (a full disk) is compared through `fallback`, the copy in the
+  newest checkpoint's meta, and rewritten."""
   path = os.path.join(workdir, "config.json")
-  current = json.loads(json.dumps(_flatten(config)))   # nested tuples as JSON lists
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  current = json.loads(json.dumps(flatten_config(config)))   # nested tuples as JSON lists
+  safe = RESUME_SAFE_FIELDS + tuple(resume_safe)
+  saved = workdir_lib.read_saved_config(path)
+  if saved is None and os.path.exists(path):
+    saved = fallback
+  if saved is not None:
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k)
-                     and not any(k == s or k.startswith(s + ".") for s in RESUME_SAFE_FIELDS))
+                     and not any(k == s or k.startswith(s + ".") for s in safe))
     if changed:
       diff = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
       raise ConfigMismatchError(
           f"{workdir} holds a run with a different config ({diff}). Resuming would mix two "
           f"experiments. Use a new --workdir, or move {workdir} away to start again.")
-  if jax.process_index() == 0:
+  if parallel.is_main_process():
     with open(path + ".tmp", "w") as f:
       json.dump(current, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)

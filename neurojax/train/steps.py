@@ -1,4 +1,14 @@
-"""Train and eval steps, built once and jitted with explicit shardings.
+"""Train and eval steps, assembled from the parts a method supplies, and
+jitted with explicit shardings.
+
+A method supplies an `Objective`: named loss terms `(params, outputs,
+batch, state) -> scalar` (cross-entropy by default; a KL / N term, a second
+cross-entropy over another logit set, ...), summed into the loss and each
+logged as `loss_<name>`, and `logits(outputs)`, the logits that top-k and
+the eval read from the model's outputs. The model declares its RNG streams
+(`neurojax.rng`). The eval step takes a key and a number of samples and
+averages the softmax over the samples (a Monte-Carlo eval), or evaluates
+several predictions in one pass (`predict` returning {name: logits}).
 
 The state is replicated and donated; batches are sharded on the `data`
 axis. BatchNorm statistics are computed over the whole global batch (the
@@ -8,15 +18,53 @@ Compute may be bf16 (the model's `dtype`) while params stay f32.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from neurojax import parallel
-from neurojax.train import losses, mix as mix_lib
+from neurojax import parallel, rng as rng_lib
+from neurojax import losses
+from neurojax.train import mix as mix_lib
 from neurojax.train.state import TrainState
+
+# (params, model outputs, batch, state) -> scalar. The batch holds "image"
+# (mixed, with mixup/cutmix), "label" and, when mixed, "mix_lam".
+Term = Callable[[Any, Any, dict, TrainState], jax.Array]
+
+
+def _identity(outputs):
+  return outputs
+
+
+def cross_entropy(label_smoothing: float = 0.0, logits: Callable = _identity) -> Term:
+  """The mean cross-entropy of `logits(outputs)` (against the mixed targets
+  when the batch was mixed), with label smoothing."""
+  def term(params, outputs, batch, state):
+    del params, state
+    z = logits(outputs)
+    if "mix_lam" in batch:
+      per_example = losses.mixed_cross_entropy(z, batch["label"], batch["mix_lam"],
+                                               label_smoothing)
+    else:
+      per_example = losses.cross_entropy(z, batch["label"], label_smoothing)
+    return jnp.mean(per_example)
+  return term
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """The loss terms of a method (summed; each logged as `loss_<name>`) and
+  how to read the logits from the model's outputs."""
+  terms: Mapping[str, Term]
+  logits: Callable[[Any], jax.Array] = _identity
+
+  @classmethod
+  def default(cls, label_smoothing: float = 0.0) -> "Objective":
+    return cls({"ce": cross_entropy(label_smoothing)})
 
 
 def model_variables(params, batch_stats):
@@ -24,38 +72,43 @@ def model_variables(params, batch_stats):
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
-                  schedule: Callable | None = None, mix=None, ema_decay: float = 0.0):
+def train_step_fn(model, tx, *, label_smoothing: float = 0.0, objective: Objective | None = None,
+                  schedule: Callable | None = None, mix=None, ema_decay: float = 0.0,
+                  streams=None):
   """The pure (unjitted) train step: `(state, batch) -> (state, metrics)`.
 
-  The step's key is `fold_in(state.rng, state.step)`: the "dropout" RNG
-  stream's, and folded with 1, the "gate" stream's (`nn.gating`), with 2
-  the mixup/cutmix key (`mix` is `config.mix`; `train.mix`). With
-  `ema_decay`, `state.ema_params <- d * ema_params + (1 - d) * params` after
-  each optimizer update (with gradient accumulation, only at the steps where
-  optax.MultiSteps applies one: its `mini_step` is back to 0). Metrics are global batch means: loss, top1 and top5 (of the
-  unmixed labels) and (with `schedule`) lr.
+  The loss is the sum of `objective`'s terms (default: cross-entropy with
+  `label_smoothing`). The step's key is `fold_in(state.rng, state.step)`;
+  the model gets the RNG `streams` it declares (`neurojax.rng`), and the
+  mixup/cutmix key is the "mix" stream's (`mix` is `config.mix`;
+  `train.mix`). With `ema_decay`, `state.ema_params <- d * ema_params +
+  (1 - d) * params` after each optimizer update (with gradient accumulation,
+  only at the steps where optax.MultiSteps applies one: its `mini_step` is
+  back to 0). Metrics are global batch means: loss, each term as
+  `loss_<name>`, top1 and top5 (of the unmixed labels) and (with
+  `schedule`) lr.
   """
+  objective = objective or Objective.default(label_smoothing)
+  streams = rng_lib.model_streams(model) if streams is None else tuple(streams)
   mixing = mix is not None and mix_lib.enabled(mix)
 
   def step(state: TrainState, batch):
-    key = jax.random.fold_in(state.rng, state.step)
-    rngs = {"dropout": key, "gate": jax.random.fold_in(key, 1)}
-    images, lam = batch["image"], None
+    key = rng_lib.step_key(state.rng, state.step)
+    rngs = rng_lib.stream_keys(key, streams)
+    batch = dict(batch)
     if mixing:
-      images, lam = mix_lib.mix_batch(jax.random.fold_in(key, 2), images, mix)
+      batch["image"], batch["mix_lam"] = mix_lib.mix_batch(
+          rng_lib.stream_keys(key, ("mix",))["mix"], batch["image"], mix)
 
     def loss_fn(params):
-      logits, updates = model.apply(
-          model_variables(params, state.batch_stats), images, train=True,
+      outputs, updates = model.apply(
+          model_variables(params, state.batch_stats), batch["image"], train=True,
           rngs=rngs, mutable=["batch_stats"])
-      if mixing:
-        per_example = losses.mixed_cross_entropy(logits, batch["label"], lam, label_smoothing)
-      else:
-        per_example = losses.cross_entropy(logits, batch["label"], label_smoothing)
-      return jnp.mean(per_example), (logits, per_example, updates)
+      values = {name: term(params, outputs, batch, state)
+                for name, term in objective.terms.items()}
+      return functools.reduce(jnp.add, values.values()), (outputs, values, updates)
 
-    grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (outputs, values, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     # With masks in the state, `tx` must be `sparsity.masked(...)` (as
     # make_optimizer builds it): it holds pruned weights and moments at 0.
     extra = {} if state.masks is None else {"masks": state.masks}
@@ -69,23 +122,69 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0,
       new_state = new_state.replace(ema_params=jax.tree.map(
           lambda e, p: jnp.where(updated, ema_decay * e + (1 - ema_decay) * p, e),
           state.ema_params, params))
-    sums = losses.metric_sums(logits, batch["label"], per_example, jnp.ones_like(per_example))
-    metrics = {k: v / sums["count"] for k, v in sums.items() if k != "count"}
+    logits = objective.logits(outputs)
+    ones = jnp.ones(logits.shape[:1], jnp.float32)
+    sums = losses.metric_sums(logits, batch["label"], jnp.zeros_like(ones), ones)
+    metrics = {k: v / sums["count"] for k, v in sums.items() if k not in ("count", "loss")}
+    metrics["loss"] = functools.reduce(jnp.add, values.values())
+    metrics.update({f"loss_{name}": v for name, v in values.items()})
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return new_state, metrics
   return step
 
 
-def eval_step_fn(model, ema: bool = False):
-  """The pure eval step: `(state, batch) -> metric sums` (padded rows
-  masked), of `state.ema_params` with `ema`, else of `state.params`."""
-  def step(state: TrainState, batch):
-    params = state.ema_params if ema else state.params
-    logits = model.apply(model_variables(params, state.batch_stats), batch["image"],
-                         train=False)
-    per_example = losses.cross_entropy(logits, batch["label"])
-    return losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
+def default_predict(model, objective: Objective | None = None, streams=()):
+  """`predict(variables, images, key) -> logits`: the model in eval mode,
+  fed the RNG `streams` from `key` (none: a deterministic eval)."""
+  logits = (objective or Objective.default()).logits
+
+  def predict(variables, images, key):
+    rngs = rng_lib.stream_keys(key, streams) if streams else None
+    return logits(model.apply(variables, images, train=False, rngs=rngs))
+  return predict
+
+
+def _mean_softmax(predict, variables, images, key, samples: int):
+  """The predictions of `predict` ({name: logits} or logits); with samples
+  > 1, the log of the softmax averaged over `samples` keys fold_in(key, s)."""
+  if samples == 1:
+    return predict(variables, images, key)
+  keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(samples))
+  log_probs = jax.lax.map(
+      lambda k: jax.tree.map(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)),
+                             predict(variables, images, k)), keys)
+  return jax.tree.map(lambda lp: jax.nn.logsumexp(lp, axis=0) - jnp.log(samples), log_probs)
+
+
+def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None,
+                 predict: Callable | None = None, samples: int = 1, both: bool = False):
+  """The pure eval step: `(state, batch, key) -> {name: metric sums}` (padded
+  rows masked), with `key` this batch's key.
+
+  `predict(variables, images, key)` gives logits, or {name: logits} for
+  several predictions in one pass (default: `default_predict`). With
+  `samples` > 1 the softmax is averaged over that many keys (the loss is the
+  NLL of the average). The names are "" for `state.params`, "ema" for
+  `state.ema_params` (with `ema`; with `both`, the two in one pass);
+  predictions named by `predict` are `name` and `ema_name`.
+  """
+  predict = predict or default_predict(model, objective)
+  param_sets = (("", "params"), ("ema", "ema_params")) if both else \
+      ((("ema", "ema_params"),) if ema else (("", "params"),))
+
+  def step(state: TrainState, batch, key):
+    out = {}
+    for prefix, field in param_sets:
+      variables = model_variables(getattr(state, field), state.batch_stats)
+      preds = _mean_softmax(predict, variables, batch["image"], key, samples)
+      if not isinstance(preds, Mapping):
+        preds = {"": preds}
+      for name, logits in preds.items():
+        per_example = losses.cross_entropy(logits, batch["label"])
+        full = "_".join(n for n in (prefix, name) if n)
+        out[full] = losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
+    return out
   return step
 
 
@@ -97,22 +196,28 @@ def jit_train_step(step, mesh):
 
 
 def jit_eval_step(step, mesh):
+  """Jits an eval step `(state, batch, key)`; the jitted one takes
+  `(state, batch, base_key, batch_index)` and folds the index into the key."""
   rep = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)), out_shardings=rep)
+  return jax.jit(lambda state, batch, base, index: step(state, batch,
+                                                        jax.random.fold_in(base, index)),
+                 in_shardings=(rep, parallel.data_sharded(mesh), rep, rep), out_shardings=rep)
 
 
-def sum_over_batches(eval_step, state, batches, mesh, indexed: bool = False):
-  """The sum over all eval batches of `eval_step(state, batch)` (with
-  `indexed`, `eval_step(state, batch, index)`), a pytree of sums; they stay
-  on device until the end."""
+def sum_over_batches(eval_step, state, batches, mesh, key=None):
+  """The sum over all eval batches of a `jit_eval_step` (batch i gets
+  fold_in(key, i); default key: PRNGKey(0)), a pytree of sums; they stay on
+  device until the end."""
+  key = jax.random.PRNGKey(0) if key is None else key
   totals = None
   for index, batch in enumerate(batches):
-    extra = (jnp.int32(index),) if indexed else ()
-    sums = eval_step(state, parallel.shard_batch(batch, mesh), *extra)
+    sums = eval_step(state, parallel.shard_batch(batch, mesh), key, jnp.int32(index))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return jax.device_get(totals)
 
 
-def evaluate(eval_step, state, batches, mesh) -> dict:
-  """Runs `eval_step` over all eval batches: the metric means."""
-  return losses.means(sum_over_batches(eval_step, state, batches, mesh))
+def evaluate(eval_step, state, batches, mesh, key=None) -> dict:
+  """Runs a `jit_eval_step` over all eval batches: {name: metric means}
+  (the plain model's under "")."""
+  return {name: losses.means(sums)
+          for name, sums in sum_over_batches(eval_step, state, batches, mesh, key).items()}

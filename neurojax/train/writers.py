@@ -3,6 +3,11 @@
 Only process 0 writes. On resume, `MetricWriter(..., resume_step=s)` drops
 lines after step s from `metrics.jsonl` and tells TensorBoard to purge
 events after s, so both show exactly one history.
+
+Each record is appended as one whole line in a single write, so a killed
+process or a full disk can only tear the last line; readers drop a torn last
+line with a warning. An unreadable line before the last is an error
+(`MetricsFileError`, naming the file and the line).
 """
 
 from __future__ import annotations
@@ -12,15 +17,21 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
+from absl import logging
+
+from neurojax import parallel
+from neurojax.train.workdir import WorkdirStateError
+
+
+class MetricsFileError(WorkdirStateError):
+  """metrics.jsonl has an unreadable line before its last."""
 
 
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and `<workdir>/tb/`."""
 
   def __init__(self, workdir: str, *, resume_step: int | None = None, tensorboard: bool = True):
-    self.active = jax.process_index() == 0
+    self.active = parallel.is_main_process()
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if not self.active:
@@ -36,35 +47,78 @@ class MetricWriter:
     if not self.active:
       return
     scalars = {f"{prefix}{k}": float(v) for k, v in scalars.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    _append_line(self.path, json.dumps({"step": int(step), **scalars}) + "\n")
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, v, int(step))
 
   def flush(self) -> None:
+    """Pushes buffered TensorBoard events to disk (metrics.jsonl is never
+    buffered). A no-op after close()."""
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
+    """Flushes and closes the TensorBoard writer. Idempotent."""
     if self._tb is not None:
-      self._tb.close()
+      tb, self._tb = self._tb, None
+      tb.close()
+
+
+def _append_line(path: str, line: str) -> None:
+  """Appends `line` with one write(2) on an O_APPEND descriptor (no user-space
+  buffer, so nothing is left to flush): an interrupted append leaves at most
+  a torn last line, never a torn line in the middle."""
+  data = line.encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    written = os.write(fd, data)
+    while written < len(data):    # a short write (e.g. a signal): finish the same line
+      written += os.write(fd, data[written:])
+  finally:
+    os.close(fd)
+
+
+def _read_jsonl(path: str) -> list[tuple[str, dict]]:
+  """(line, record) for each record of a JSON-lines metrics file.
+
+  A torn or undecodable last line (a killed writer, a full disk) is dropped
+  with a warning; an undecodable line before it raises MetricsFileError.
+  """
+  with open(path, "rb") as f:
+    raw = f.read().decode("utf-8", errors="replace").split("\n")
+  numbered = [(i + 1, l) for i, l in enumerate(raw) if l.strip()]
+  out = []
+  for k, (number, line) in enumerate(numbered):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("not a record with an integer 'step'")
+    except ValueError as e:
+      if k == len(numbered) - 1:
+        logging.warning("%s: line %d is incomplete or unreadable (a run killed while writing "
+                        "it?); dropping it (%s)", path, number, e)
+        break
+      raise MetricsFileError(
+          f"{path}: line {number} is not a metrics record ({e}); it is not the last line, so "
+          f"this is not a torn write: fix or remove that line.") from None
+    out.append((line.rstrip("\r") + "\n", record))
+  return out
 
 
 def _truncate_jsonl(path: str, keep_through_step: int) -> None:
+  """Keeps the records up to `keep_through_step` (and drops a torn last line)."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= keep_through_step]
+  lines = [line for line, record in _read_jsonl(path) if record["step"] <= keep_through_step]
   with open(path + ".tmp", "w") as f:
     f.writelines(lines)
   os.replace(path + ".tmp", path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of `<workdir>/metrics.jsonl`."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(l) for l in f if l.strip()]
+  """All records of `<workdir>/metrics.jsonl` (a torn last line is dropped with a warning)."""
+  return [record for _, record in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
 
 
 def metrics_by_step(workdir: str) -> dict[int, dict]:
@@ -82,7 +136,7 @@ class Progress:
                enabled: bool = True):
     self.images_per_step = images_per_step
     self._bar = None
-    if enabled and jax.process_index() == 0:
+    if enabled and parallel.is_main_process():
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                        file=sys.stderr, mininterval=0.5)
@@ -111,18 +165,3 @@ class Progress:
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
-
-
-def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
-  """A plain-text table of dicts (floats to 4 significant digits)."""
-  columns = columns or list(rows[0])
-  cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-  line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def _fmt(v) -> str:
-  if isinstance(v, (float, np.floating)):
-    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
-  return str(v)
