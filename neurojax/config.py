@@ -15,13 +15,11 @@ Each method's own section (`config.prune`, `config.generations`,
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import math
 import numbers
 import os
 import re
-import tempfile
 
 import ml_collections
 
@@ -32,10 +30,6 @@ from neurojax.train.schedules import SCHEDULES
 
 class ConfigError(ValueError):
   pass
-
-
-class WorkdirError(ValueError):
-  """The workdir (or another output folder) cannot be created or written."""
 
 
 def model_config(name: str) -> ml_collections.ConfigDict:
@@ -155,66 +149,6 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
   return c
-
-
-def os_error_message(error: OSError, path: str, flag: str = "--workdir") -> str:
-  """One line naming `path` (passed as `flag`) and the fix, for an OSError
-  raised creating or writing it."""
-  where = f"{flag}={path}"
-  code = getattr(error, "errno", None)
-  if code in (errno.ENOSPC, errno.EDQUOT):
-    what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
-    return f"{where}: {what}; free some space there or pass another {flag}"
-  if code == errno.EROFS:
-    return f"{where} is on a read-only file system; pass a {flag} on a writable disk"
-  if code in (errno.EACCES, errno.EPERM):
-    return (f"{where}: permission denied (cannot create or write files there); pass a {flag} "
-            f"you can write to, or fix its permissions")
-  if code in (errno.ENOTDIR, errno.EEXIST):
-    existing = os.path.abspath(path)
-    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
-      existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-      what = (f"{where} is an existing file, not a directory" if existing == os.path.abspath(path)
-              else f"{where}: {existing} is a file, not a directory")
-      return f"{what}; pass a directory path (it is created if missing)"
-  return f"{where} cannot be written ({error.strerror or error}); pass another {flag}"
-
-
-def remove_empty_dirs(dirs) -> None:
-  """Removes `dirs` (deepest first) while they are empty: undoes
-  `check_writable_dir` when a run stops before writing anything."""
-  for d in dirs:
-    try:
-      os.rmdir(d)
-    except OSError:
-      return
-
-
-def check_writable_dir(path: str, flag: str = "--workdir") -> list[str]:
-  """Creates the directory `path` if needed and writes (and removes) a small
-  file there, so that an unusable output folder stops a run before anything
-  is built. Returns the directories it created, deepest first; raises
-  WorkdirError with a one-line message naming `path` and the fix."""
-  absolute = os.path.abspath(path)
-  created, p = [], absolute
-  while not os.path.lexists(p) and p != os.path.dirname(p):
-    created.append(p)
-    p = os.path.dirname(p)
-  try:
-    os.makedirs(absolute, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".neurojax-write-test-", dir=absolute)
-    try:
-      try:
-        os.write(fd, b"\0" * 4096)
-      finally:
-        os.close(fd)
-    finally:
-      os.unlink(probe)
-  except OSError as e:
-    remove_empty_dirs(created)
-    raise WorkdirError(os_error_message(e, path, flag)) from e
-  return created
 
 
 def load_config_file(path: str, *args) -> ml_collections.ConfigDict:

@@ -176,7 +176,7 @@ def _disk_full(error: BaseException) -> OSError | None:
 def _exit_disk_full(error: OSError, workdir: str) -> None:
   """Exits with one line. What background threads and the interpreter's
   shutdown would still print about the failed writes goes to the DEBUG log."""
-  from neurojax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from neurojax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   def quiet(what):
     def hook(args):
       try:
@@ -186,7 +186,7 @@ def _exit_disk_full(error: OSError, workdir: str) -> None:
     return hook
   sys.unraisablehook = quiet("unraisable")
   threading.excepthook = quiet("thread")
-  sys.exit(f"neurojax: {config_lib.os_error_message(error, workdir)}; then re-run the same "
+  sys.exit(f"neurojax: {workdir_lib.os_error_message(error, workdir)}; then re-run the same "
            f"command to resume from the last checkpoint")
 
 
@@ -204,8 +204,9 @@ def main(argv):
   from neurojax.methods.kakuritsu import BackboneError
   from neurojax.train import CheckpointError, NonFiniteLossError
   from neurojax.train.experiment import ConfigMismatchError
-  from neurojax.train.workdir import WorkdirStateError
+  from neurojax.train import workdir as workdir_lib
   from neurojax.train.optimizers import OptimizerConfigError
+  from neurojax.train.workdir import WorkdirStateError
   config = _CONFIG.value
   if not isinstance(config, ml_collections.ConfigDict):
     sys.exit(f"neurojax: get_config() of --config={_config_flag_value(sys.argv)} returned "
@@ -219,8 +220,8 @@ def main(argv):
   except config_lib.ConfigError as e:
     sys.exit(f"neurojax: bad config: {e}")
   try:
-    created = config_lib.check_writable_dir(workdir)
-  except config_lib.WorkdirError as e:
+    created = workdir_lib.check_writable_dir(workdir)
+  except workdir_lib.WorkdirError as e:
     sys.exit(f"neurojax: {e}")
   logging.info("config:\n%s", config)
   from neurojax.train import preempt
@@ -229,7 +230,7 @@ def main(argv):
     try:
       methods.get(config.method)(config, workdir)
     finally:
-      config_lib.remove_empty_dirs(created)  # a run that wrote nothing leaves nothing
+      workdir_lib.remove_empty_dirs(created)  # a run that wrote nothing leaves nothing
   except preempt.Preempted as stop:
     print(f"neurojax: {stop}; a checkpoint of step {stop.step} is in {workdir}. Re-run the "
           f"same command to resume from it.", file=sys.stderr)

@@ -19,8 +19,10 @@ import pytest
 
 from cli import ROOT, committed_steps, env, run
 from neurojax import config as config_lib
-from neurojax.config import ConfigError, WorkdirError, base_config, validate
+from neurojax.config import ConfigError, base_config, validate
 from neurojax.data import IdxFormatError, sources
+from neurojax.train import workdir as workdir_lib
+from neurojax.train.workdir import WorkdirError
 from tiny_config import get_config as _tiny
 
 
@@ -215,10 +217,10 @@ def test_a_truncated_file_in_the_debian_folder_says_reinstall(tmp_path, monkeypa
 
 def test_a_workdir_is_created_and_left_clean(tmp_path):
   workdir = tmp_path / "a" / "b"
-  created = config_lib.check_writable_dir(str(workdir))
+  created = workdir_lib.check_writable_dir(str(workdir))
   assert created == [str(workdir), str(tmp_path / "a")]
   assert os.listdir(workdir) == []          # the probe file is gone
-  config_lib.remove_empty_dirs(created)
+  workdir_lib.remove_empty_dirs(created)
   assert os.listdir(tmp_path) == []
 
 
@@ -227,10 +229,10 @@ def test_a_workdir_that_is_a_file(tmp_path):
   path.write_text("x")
   with pytest.raises(WorkdirError, match=re.escape(
       f"--workdir={path} is an existing file, not a directory; pass a directory path")):
-    config_lib.check_writable_dir(str(path))
+    workdir_lib.check_writable_dir(str(path))
   with pytest.raises(WorkdirError, match=re.escape(
       f"--workdir={path}/w: {path} is a file, not a directory")):   # ENOTDIR
-    config_lib.check_writable_dir(str(path / "w"))
+    workdir_lib.check_writable_dir(str(path / "w"))
   assert path.read_text() == "x" and os.listdir(tmp_path) == ["file"]
 
 
@@ -238,11 +240,11 @@ def test_a_workdir_without_permission(tmp_path, monkeypatch):
   # Root ignores permission bits, so the probe's own call is made to fail.
   def refuse(*args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
-  monkeypatch.setattr(config_lib.tempfile, "mkstemp", refuse)
+  monkeypatch.setattr(workdir_lib.tempfile, "mkstemp", refuse)
   workdir = tmp_path / "w"
   with pytest.raises(WorkdirError, match=re.escape(
       f"--workdir={workdir}: permission denied (cannot create or write files there)")):
-    config_lib.check_writable_dir(str(workdir))
+    workdir_lib.check_writable_dir(str(workdir))
   assert not workdir.exists()               # the directory it made is removed again
 
 
@@ -272,7 +274,7 @@ def test_a_workdir_on_a_read_only_disk(tmpfs):
   workdir = tmpfs("1M", "ro") / "w"
   with pytest.raises(WorkdirError, match=re.escape(
       f"--workdir={workdir} is on a read-only file system; pass a --workdir on a writable")):
-    config_lib.check_writable_dir(str(workdir))
+    workdir_lib.check_writable_dir(str(workdir))
 
 
 def test_a_workdir_on_a_full_disk(tmpfs):
@@ -285,7 +287,7 @@ def test_a_workdir_on_a_full_disk(tmpfs):
   with pytest.raises(WorkdirError, match=re.escape(
       f"--workdir={disk / 'w'}: no space left on device; free some space there or pass "
       f"another --workdir")):
-    config_lib.check_writable_dir(str(disk / "w"))
+    workdir_lib.check_writable_dir(str(disk / "w"))
   assert os.listdir(disk) == ["filler"]
 
 

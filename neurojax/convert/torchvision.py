@@ -162,10 +162,11 @@ def main(argv=None) -> None:
   source.add_argument("--state-dict", help="a .pth state_dict file")
   parser.add_argument("--out", required=True, help="the directory to write")
   args = parser.parse_args(argv)
-  from neurojax import config as config_lib, models  # pylint: disable=g-import-not-at-top
+  from neurojax import models  # pylint: disable=g-import-not-at-top
+  from neurojax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:       # before a download or a conversion: --out must be a directory we can write
-    created = config_lib.check_writable_dir(args.out, "--out")
-  except config_lib.WorkdirError as e:
+    created = workdir_lib.check_writable_dir(args.out, "--out")
+  except workdir_lib.WorkdirError as e:
     sys.exit(f"neurojax.convert: {e}")
   try:
     if args.weights:
@@ -181,14 +182,14 @@ def main(argv=None) -> None:
                                                                 num_classes=num_classes),
                                    arch=args.arch)
   except ConversionError as e:
-    config_lib.remove_empty_dirs(created)
+    workdir_lib.remove_empty_dirs(created)
     sys.exit(f"neurojax.convert: {e}")
   meta = {"arch": args.arch, "num_classes": num_classes,
           "source": args.weights or os.path.abspath(args.state_dict)}
   try:
     save(args.out, variables, meta)
   except OSError as e:
-    sys.exit(f"neurojax.convert: {config_lib.os_error_message(e, args.out, '--out')}")
+    sys.exit(f"neurojax.convert: {workdir_lib.os_error_message(e, args.out, '--out')}")
   count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
   print(f"wrote {args.out}: {args.arch}, {num_classes} classes, {count:,} params")
 

@@ -8,6 +8,9 @@
   from step 0 (`WorkdirHasHistoryError`); with `restart=True` the old
   history is moved to `<workdir>/history/<n>/`, nothing is deleted.
 * `read_saved_config(path)`: config.json, or None if it is torn.
+* `check_writable_dir(path)`: creates an output folder and proves it can be
+  written (`WorkdirError`, one line naming the path and the fix), before
+  anything is built; `os_error_message` words an OSError the same way.
 
 No jax here: the caller decides which process does what (only process 0 of
 a multi-process run takes the lock).
@@ -24,6 +27,7 @@ import shutil
 import socket
 import struct
 import sys
+import tempfile
 
 from absl import logging
 
@@ -311,3 +315,67 @@ def read_saved_config(path: str) -> dict | None:
     logging.warning("%s is truncated or unreadable (%s); not using it.", path, e)
     return None
   return config
+
+
+class WorkdirError(ValueError):
+  """The workdir (or another output folder) cannot be created or written."""
+
+
+def os_error_message(error: OSError, path: str, flag: str = "--workdir") -> str:
+  """One line naming `path` (passed as `flag`) and the fix, for an OSError
+  raised creating or writing it."""
+  where = f"{flag}={path}"
+  code = getattr(error, "errno", None)
+  if code in (errno.ENOSPC, errno.EDQUOT):
+    what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+    return f"{where}: {what}; free some space there or pass another {flag}"
+  if code == errno.EROFS:
+    return f"{where} is on a read-only file system; pass a {flag} on a writable disk"
+  if code in (errno.EACCES, errno.EPERM):
+    return (f"{where}: permission denied (cannot create or write files there); pass a {flag} "
+            f"you can write to, or fix its permissions")
+  if code in (errno.ENOTDIR, errno.EEXIST):
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
+      existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+      what = (f"{where} is an existing file, not a directory" if existing == os.path.abspath(path)
+              else f"{where}: {existing} is a file, not a directory")
+      return f"{what}; pass a directory path (it is created if missing)"
+  return f"{where} cannot be written ({error.strerror or error}); pass another {flag}"
+
+
+def remove_empty_dirs(dirs) -> None:
+  """Removes `dirs` (deepest first) while they are empty: undoes
+  `check_writable_dir` when a run stops before writing anything."""
+  for d in dirs:
+    try:
+      os.rmdir(d)
+    except OSError:
+      return
+
+
+def check_writable_dir(path: str, flag: str = "--workdir") -> list[str]:
+  """Creates the directory `path` if needed and writes (and removes) a small
+  file there, so that an unusable output folder stops a run before anything
+  is built. Returns the directories it created, deepest first; raises
+  WorkdirError with a one-line message naming `path` and the fix."""
+  absolute = os.path.abspath(path)
+  created, p = [], absolute
+  while not os.path.lexists(p) and p != os.path.dirname(p):
+    created.append(p)
+    p = os.path.dirname(p)
+  try:
+    os.makedirs(absolute, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".neurojax-write-test-", dir=absolute)
+    try:
+      try:
+        os.write(fd, b"\0" * 4096)
+      finally:
+        os.close(fd)
+    finally:
+      os.unlink(probe)
+  except OSError as e:
+    remove_empty_dirs(created)
+    raise WorkdirError(os_error_message(e, path, flag)) from e
+  return created
