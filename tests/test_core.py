@@ -95,6 +95,31 @@ def test_monte_carlo_eval_averages_the_softmax_over_samples():
   assert float(plain["loss"]) == pytest.approx(float(want), rel=1e-6)
 
 
+class _Noisy(nn.Module):
+  """Samples its output noise from the stream it declares (like a Bayesian layer)."""
+  rng_streams = ("sample",)
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    logits = nn.Dense(3)(x.reshape(x.shape[0], -1))
+    return logits + jax.random.normal(self.make_rng("sample"), logits.shape)
+
+
+def test_a_monte_carlo_eval_feeds_the_model_its_declared_streams():
+  model = _Noisy()
+  variables = model.init({"params": jax.random.PRNGKey(0), "sample": jax.random.PRNGKey(1)},
+                         jnp.zeros((1, 4)))
+  state = create_train_state(model, optax.sgd(0.1), jax.random.PRNGKey(0), (4,))
+  state = state.replace(params=variables["params"])
+  batch, base = _batch(n=6), jax.random.PRNGKey(5)
+  sums = jax.jit(steps.eval_step_fn(model, samples=3))(state, batch, base)[""]
+  probs = np.mean([jax.nn.softmax(model.apply(
+      variables, batch["image"], rngs=rng_lib.stream_keys(jax.random.fold_in(base, s),
+                                                           ("sample",)))) for s in range(3)], 0)
+  nll = -np.log(probs[np.arange(6), batch["label"]])
+  assert float(sums["loss"]) == pytest.approx(float(nll.sum()), rel=1e-5)
+
+
 def _state(workdir):
   _, model, state = load_run(str(workdir))
   return model, jax.device_get(state)

@@ -106,9 +106,10 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0, objective: Objecti
           rngs=rngs, mutable=["batch_stats"])
       values = {name: term(params, outputs, batch, state)
                 for name, term in objective.terms.items()}
-      return functools.reduce(jnp.add, values.values()), (outputs, values, updates)
+      total = functools.reduce(jnp.add, values.values())
+      return total, (outputs, total, values, updates)
 
-    grads, (outputs, values, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (outputs, total, values, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     # With masks in the state, `tx` must be `sparsity.masked(...)` (as
     # make_optimizer builds it): it holds pruned weights and moments at 0.
     extra = {} if state.masks is None else {"masks": state.masks}
@@ -123,11 +124,9 @@ def train_step_fn(model, tx, *, label_smoothing: float = 0.0, objective: Objecti
           lambda e, p: jnp.where(updated, ema_decay * e + (1 - ema_decay) * p, e),
           state.ema_params, params))
     logits = objective.logits(outputs)
-    ones = jnp.ones(logits.shape[:1], jnp.float32)
-    sums = losses.metric_sums(logits, batch["label"], jnp.zeros_like(ones), ones)
-    metrics = {k: v / sums["count"] for k, v in sums.items() if k not in ("count", "loss")}
-    metrics["loss"] = functools.reduce(jnp.add, values.values())
-    metrics.update({f"loss_{name}": v for name, v in values.items()})
+    metrics = {"loss": total, **{f"loss_{name}": v for name, v in values.items()},
+               **{f"top{k}": jnp.mean(losses.topk_correct(logits, batch["label"], k))
+                  for k in (1, 5)}}
     if schedule is not None:
       metrics["lr"] = schedule(state.step)
     return new_state, metrics
@@ -163,13 +162,16 @@ def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None
   rows masked), with `key` this batch's key.
 
   `predict(variables, images, key)` gives logits, or {name: logits} for
-  several predictions in one pass (default: `default_predict`). With
+  several predictions in one pass (default: `default_predict`, fed the
+  model's declared RNG streams when `samples` > 1). With
   `samples` > 1 the softmax is averaged over that many keys (the loss is the
   NLL of the average). The names are "" for `state.params`, "ema" for
   `state.ema_params` (with `ema`; with `both`, the two in one pass);
   predictions named by `predict` are `name` and `ema_name`.
   """
-  predict = predict or default_predict(model, objective)
+  # A Monte-Carlo eval of the model itself feeds it the streams it declares.
+  predict = predict or default_predict(
+      model, objective, rng_lib.model_streams(model) if samples > 1 else ())
   param_sets = (("", "params"), ("ema", "ema_params")) if both else \
       ((("ema", "ema_params"),) if ema else (("", "params"),))
 
