@@ -6,7 +6,11 @@ The recipe of METHODS.md section 4, for a TPU VM with TFDS
     tfds build oxford_flowers102 --file_format=array_record
     python -m neurojax.main --config=configs/dnr_flowers.py --workdir=DIR
 
-- torchvision's ResNet-18 (7x7 stem, max-pool), kaiming-normal fan-in init;
+- torchvision's ResNet-18 (7x7 stem, max-pool), as the original's
+  `Split_ResNet18` initialises it (`--init=kaiming_normal --mode=fan_in`):
+  convs and the fc weight kaiming-normal fan-in (`model.fc_init="kaiming_normal"`:
+  std 0.0625 at 512 -> 102, where nn.Linear's default gives 0.0255), the fc
+  bias PyTorch's default U(-1/sqrt(512), 1/sqrt(512)), BN scale 1, bias 0;
 - TFDS splits: train (1,020 images) for training, test (6,149) for the
   reported top-1; `--config.data.eval_split=validation` evaluates on the
   1,020 validation images instead, `--config.data.train_split=train+validation`
@@ -20,7 +24,15 @@ The recipe of METHODS.md section 4, for a TPU VM with TFDS
   generation with a fresh optimizer;
 - 11 generations x 200 epochs; between generations SNIP (|w * sum |g||, BN in
   eval mode, ceil(batches/32) batches) keeps the 80% most salient conv/fc
-  weights and re-draws the rest from the init distribution.
+  weights (the conv and fc weights, never BN, biases or downsample convs:
+  `reparameterize_non_sparse` in the DNR repo's utils/net_utils.py) and
+  re-draws the rest from PyTorch's default layer init, kaiming_uniform(a=
+  sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (`re_init_weights`;
+  `generations.redraw="original"`; `model_init` re-draws from the model's
+  own kaiming-normal instead, 2.45x the std on layer4.0.conv1). That
+  function also reads `cfg.use_shrink_perturb`, which no argument of the
+  released configs/base_config.py defines (an AttributeError as published):
+  shrink-and-perturb is taken as off, the kept weights are left as they are.
 
 `get_config(policy)` is shared by the KE, LLF, layer-wise and long-baseline
 configs next to this one, so they differ only in the mask policy.
@@ -31,6 +43,7 @@ from neurojax.config import base_config
 
 def get_config(policy="dnr"):
   c = base_config("resnet18")
+  c.model.fc_init = "kaiming_normal"     # the original Split_ResNet18's classifier
   c.method = "generations"
   c.data.source = "tfds"
   c.data.name = "oxford_flowers102"
@@ -61,4 +74,5 @@ def get_config(policy="dnr"):
   c.generations.reset = 0.2              # re-draw the 20% least salient weights
   c.generations.split_rate = 0.5
   c.generations.reset_layer = "layer4"
+  c.generations.redraw = "original"      # per policy, as the original code re-draws
   return c

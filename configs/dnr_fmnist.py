@@ -8,7 +8,10 @@ smoothing 0.1, weight decay 1e-4) in a regime this CPU can run:
 - ResNet-18 in torchvision's layout with the small-image stem (3x3 conv, no
   max-pool) at width 8 (8, 16, 32, 64 channels; 0.18M params);
 - 28 px, random crop (padding 2) and flip;
-- 5 generations (GENS) of 20 epochs (EPOCHS) at batch 32, lr 0.1.
+- 5 generations (GENS) of 20 epochs (EPOCHS) at batch 32, lr 0.1;
+- the original's init and re-draw, as configs/dnr_flowers.py: the fc
+  kaiming-normal (`model.fc_init`), reset entries re-drawn from PyTorch's
+  default layer init (`generations.redraw="original"`).
 
 Other methods are a flag away (benchmarks/generations_fmnist.py runs them
 all): --config.generations.policy=ke|llf|layerwise, or the long baseline
@@ -25,6 +28,7 @@ def get_config():
   c = base_config("resnet18")
   c.model.stem = "small"
   c.model.width = 8
+  c.model.fc_init = "kaiming_normal"     # the original Split_ResNet18's classifier
   c.method = "generations"
   c.data.per_class = 50
   c.data.crop_padding = 2

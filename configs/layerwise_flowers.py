@@ -2,7 +2,12 @@
 re-draws every parameter (BN affine included, running statistics not) from
 stage (4*g)//11 + 1 on, and the head. The original ran 8 generations
 (`--config.generations.num_generations=8`); 11 here matches the other
-methods' budget.
+methods' budget. As the DNR repo's train_KE_cls_LW.py (defaults): the
+reset parameters are copied from a newly built model (`redraw="original"`
+is the model's own init: kaiming-normal convs and fc, BN scale 1, bias 0,
+the fc bias PyTorch's default); no rescaling of the kept weights
+(`--no_rescale_weights` defaults to True) and no layer-wise normalisation
+(`--no_normalize_LW` True).
 
     python -m neurojax.main --config=configs/layerwise_flowers.py --workdir=DIR
 """

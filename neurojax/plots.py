@@ -159,16 +159,19 @@ def _mean_std(values) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def generation_summary(workdirs: list[str]) -> list[dict]:
-  """Generational runs grouped by model, policy and length, seeds averaged:
-  one row per method with the final test top-1 (mean, sample std, runs) and
-  its per-generation curve (`epochs`, `top1`, `top1_std` lists)."""
+def generation_summary(workdirs: list[str], labels: dict[str, str] | None = None) -> list[dict]:
+  """Generational runs grouped by model, policy, re-draw and length (or by
+  `labels[workdir]`), seeds averaged: one row per method with the final
+  test top-1 (mean, sample std, runs, and `per_run` in the workdirs' order)
+  and its per-generation curve (`epochs`, `top1`, `top1_std` lists)."""
   groups: dict[str, list[dict]] = {}
   for workdir in workdirs:
     r = _results(workdir, "generations", "generational")
     gens, epochs = len(r["generations"]), r["epochs_per_generation"]
     method = r["policy"] if r["policy"] != "none" else f"one generation of {epochs:g} epochs"
-    groups.setdefault(f"{r['model']} {method}", []).append(r)
+    if r.get("redraw"):
+      method += f", {r['redraw']} re-draw"
+    groups.setdefault((labels or {}).get(workdir, f"{r['model']} {method}"), []).append(r)
   rows = []
   for label, runs in groups.items():
     shapes = {(len(r["generations"]), r["epochs_per_generation"]) for r in runs}
@@ -179,7 +182,7 @@ def generation_summary(workdirs: list[str]) -> list[dict]:
     per_gen = [_mean_std([run["generations"][g]["top1"] for run in runs]) for g in range(gens)]
     mean, std = per_gen[-1]
     rows.append({"method": label, "runs": len(runs), "epochs": round(gens * epochs),
-                 "top1": mean, "top1_std": std,
+                 "top1": mean, "top1_std": std, "per_run": [run["generations"][-1]["top1"] for run in runs],
                  "curve_epochs": [(g + 1) * epochs for g in range(gens)],
                  "curve_top1": [m for m, _ in per_gen], "curve_std": [s for _, s in per_gen]})
   return rows

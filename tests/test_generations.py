@@ -26,6 +26,7 @@ def dnr_run(tmp_path_factory):
 def test_dnr_resets_the_least_salient_fifth_each_generation(dnr_run):
   workdir, proc = dnr_run
   results = json.loads((workdir / "results.json").read_text())
+  assert results["redraw"] == "torch_default"          # "original" for DNR
   rows = results["generations"]
   assert [r["generation"] for r in rows] == [0, 1, 2] and all(r["top1"] is not None for r in rows)
   masks = [generations.load_mask(str(workdir), g) for g in (1, 2)]
@@ -59,6 +60,40 @@ def test_bad_policy_is_refused_before_training(tmp_path):
   proc = run(tmp_path / "w", "--config.method=generations",
              "--config.generations.policy=dnrr", check=False)
   assert proc.returncode != 0 and "dnr, ke, llf, layerwise, none" in proc.stderr
+
+
+def test_the_redraw_resolves_per_policy_and_llf_keeps_biases_by_default():
+  import types
+  import jax
+  from neurojax import models
+  from neurojax.config import base_config
+  config = base_config("lenet5")
+  config.method = "generations"
+  g = config.generations
+  assert g.redraw == "original" and not g.llf_bias
+  g.reset_layer = "fc1"
+  expected = {"dnr": "torch_default", "ke": "torch_default", "llf": "torch_default",
+              "layerwise": "model_init"}
+  for policy, kind in expected.items():
+    g.policy = policy
+    generations.validate(config)
+    assert generations.redraw_kind(g) == kind
+    g.redraw = "zero"
+    assert generations.redraw_kind(g) == "zero"
+    g.redraw = "original"
+  g.policy = "llf"
+  params = jax.eval_shape(lambda k: models.get_model("lenet5", num_classes=10).init(
+      k, jax.numpy.zeros((1, 28, 28, 1))), jax.random.PRNGKey(0))["params"]
+  state = types.SimpleNamespace(params=params)
+  for llf_bias in (False, True):
+    g.llf_bias = llf_bias
+    keep = generations._keep_mask(config, None, state, 1, 0)
+    assert keep["fc1"]["kernel"] is not None and keep["conv2"]["kernel"] is None
+    assert (keep["fc2"]["bias"] is not None) == llf_bias
+  g.redraw = "kaiming"
+  with pytest.raises(ValueError, match="generations.redraw='kaiming' is not valid; choose one "
+                                       "of: original, torch_default, model_init, zero"):
+    generations.validate(config)
 
 
 def test_start_generation_regenerates_the_dropped_weights():

@@ -52,6 +52,21 @@ def test_torch_default_init_bounds():
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
 
 
+@pytest.mark.parametrize("fc_init,std", [("torch_default", 1 / np.sqrt(3 * 64)),
+                                         ("kaiming_normal", np.sqrt(2 / 64))])
+def test_the_resnet_fc_init_option(fc_init, std):
+  # The DNR/KE/LLF code's Split_ResNet18 draws its fc N(0, 2/fan_in); the bias
+  # stays nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) either way.
+  m = models.get_model("resnet18", num_classes=500, stem="small", width=8, fc_init=fc_init)
+  fc = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))["params"]["fc"]
+  kernel, bias = np.asarray(fc["kernel"]), np.asarray(fc["bias"])   # [64, 500]: 32,000 draws
+  assert abs(kernel.std() / std - 1) < 5 / np.sqrt(2 * kernel.size)
+  assert np.abs(bias).max() <= 1 / np.sqrt(64) and np.abs(bias).max() > 0.9 / np.sqrt(64)
+  with pytest.raises(ValueError, match=r"config.model.fc_init='kaiming'.*torch_default, "
+                                       r"kaiming_normal"):
+    models.get_model("resnet18", num_classes=10, fc_init="kaiming")
+
+
 def test_resnet_batch_stats_and_shapes():
   m = models.get_model("resnet20", num_classes=7)
   v = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

@@ -56,11 +56,13 @@ def test_ke_split_keeps_the_leading_channels(resnet18):
   assert masks["fc/bias"] is None and masks["layer1_0/bn1/scale"] is None
 
 
-def test_llf_resets_layer4_and_the_head(resnet18):
+@pytest.mark.parametrize("biases", [False, True])
+def test_llf_resets_layer4_and_the_head(resnet18, biases):
   _, v = resnet18
-  masks = _flat(policies.llf(v["params"], "layer4", RESNET))
+  masks = _flat(policies.llf(v["params"], "layer4", RESNET, biases=biases))
   for path, m in masks.items():
-    reset = path.startswith(("layer4", "fc")) and (path.endswith("kernel") or path == "fc/bias")
+    reset = path.startswith(("layer4", "fc")) and (
+        path.endswith("kernel") or (biases and path == "fc/bias"))
     assert (m is not None and not np.asarray(m).any()) if reset else m is None, path
   with pytest.raises(ValueError, match="layer1 .. layer4"):
     policies.llf(v["params"], "block4", RESNET)
@@ -77,6 +79,71 @@ def test_layerwise_resets_everything_from_its_stage(resnet18, generation, first)
     assert (m is not None and not np.asarray(m).any()) if reset else m is None, path
   assert masks["fc/bias"] is not None
   assert (masks["layer4_0/bn1/scale"] is not None)      # BN affine is reset too
+
+
+def _leaf_sizes_and_fans(params):
+  """{path: (size, fan_in)} of the conv and dense kernels and their biases."""
+  flat = _flat(params)
+  out = {}
+  for path, x in flat.items():
+    owner = path.rsplit("/", 1)[0] + "/kernel"
+    if path.endswith(("kernel", "bias")) and owner in flat:
+      out[path] = (x.size, int(np.prod(flat[owner].shape[:-1])))
+  return out
+
+
+def test_the_torch_default_redraw_has_pytorchs_distribution(resnet18):
+  # kaiming_uniform(a=sqrt(5)): U(-b, b), b = 1/sqrt(fan_in), std b/sqrt(3);
+  # the biases the same bound; everything else (BN) the model's own init.
+  _, v = resnet18
+  init = v["params"]
+  fresh = _flat(policies.redraw_values("torch_default", init, jax.random.PRNGKey(7)))
+  fans = _leaf_sizes_and_fans(init)
+  assert "fc/bias" in fans and "layer4_0/downsample_conv/kernel" in fans
+  for path, x in _flat(init).items():
+    w = np.asarray(fresh[path])
+    if path not in fans:
+      np.testing.assert_array_equal(w, np.asarray(x), err_msg=path)     # BN: untouched
+      continue
+    n, fan_in = fans[path]
+    bound = 1 / np.sqrt(fan_in)
+    assert np.abs(w).max() <= np.float32(bound), path
+    if n >= 500:                  # the sample std within 5 standard errors, 1/sqrt(2n)
+      assert abs(w.std() / (bound / np.sqrt(3)) - 1) < 5 / np.sqrt(2 * n), path
+  w = fresh["layer4_0/conv1/kernel"]                    # the issue's layer: 0.0120 vs 0.0295
+  assert abs(np.std(w) - 1 / np.sqrt(3 * 9 * 256)) < 2e-4
+  assert abs(np.std(init["layer4_0"]["conv1"]["kernel"]) / np.std(w) - np.sqrt(6)) < 0.05
+  again = _flat(policies.redraw_values("torch_default", init, jax.random.PRNGKey(8)))
+  assert not np.array_equal(again["fc/kernel"], fresh["fc/kernel"])      # the key draws
+
+
+def test_the_zero_and_model_init_redraws(resnet18):
+  _, v = resnet18
+  init = v["params"]
+  fans = _leaf_sizes_and_fans(init)
+  zero = _flat(policies.redraw_values("zero", init, jax.random.PRNGKey(0)))
+  for path, x in _flat(init).items():
+    expected = np.zeros(x.shape) if path in fans else np.asarray(x)
+    np.testing.assert_array_equal(zero[path], expected, err_msg=path)
+  assert policies.redraw_values("model_init", init, jax.random.PRNGKey(0)) is init
+  with pytest.raises(ValueError, match="redraw='kaiming'.*torch_default, model_init, zero"):
+    policies.redraw_values("kaiming", init, jax.random.PRNGKey(0))
+
+
+def test_a_redraw_keeps_the_kept_entries_bit_identical(resnet18):
+  _, v = resnet18
+  trained = jax.tree.map(lambda x: 3.0 * x + 0.5, v["params"])     # unlike any fresh draw
+  keep = policies.ke(trained, 0.5, RESNET)
+  fresh = policies.redraw_values("torch_default", v["params"], jax.random.PRNGKey(1))
+  new, old, drawn, masks = (_flat(t) for t in (sp.regenerate(trained, keep, fresh), trained,
+                                               fresh, keep))
+  for path, m in masks.items():
+    if m is None:
+      np.testing.assert_array_equal(new[path], old[path], err_msg=path)
+      continue
+    m = np.asarray(m)
+    np.testing.assert_array_equal(np.asarray(new[path])[m], np.asarray(old[path])[m])
+    np.testing.assert_array_equal(np.asarray(new[path])[~m], np.asarray(drawn[path])[~m])
 
 
 def test_dnr_keeps_exactly_the_most_salient_fraction(resnet18):
@@ -144,17 +211,20 @@ def _check(masks, reset):
   assert any(reset(p) for p in masks)
 
 
-def _layer(path):
-  """A conv's or dense layer's kernel or bias (not a norm's, a layer scale, Dit's Q)."""
+def _layer(path, biases=True):
+  """A conv's or dense layer's kernel, or with `biases` its bias (not a
+  norm's, a layer scale, Dit's Q)."""
   module, leaf = path.split("/")[-2:]
-  return leaf in ("kernel", "bias") and re.search("conv|fc", module) is not None
+  leaves = ("kernel", "bias") if biases else ("kernel",)
+  return leaf in leaves and re.search("conv|fc", module) is not None
 
 
 @pytest.mark.parametrize("reset_layer,prefixes", [
     ("layer4", ("stages_3_", "head_")), ("stages_3", ("stages_3_", "head_")),
     ("layer2", ("stages_1_", "stages_2_", "stages_3_", "head_")), ("head", ("head_",))])
 def test_llf_on_convnext(convnext_t, reset_layer, prefixes):
-  masks = _flat(policies.llf(convnext_t, reset_layer, models.stages("convnext_tiny")))
+  masks = _flat(policies.llf(convnext_t, reset_layer, models.stages("convnext_tiny"),
+                             biases=True))
   _check(masks, lambda p: p.startswith(prefixes) and _layer(p))
   if reset_layer != "head":                           # the downsample is in its stage
     assert masks["stages_3_downsample_conv/bias"] is not None
@@ -179,7 +249,7 @@ def test_llf_on_lenet5(lenet5, reset_layer, layers):
       policies.llf(lenet5, reset_layer, stages)
     return
   _check(_flat(policies.llf(lenet5, reset_layer, stages)),
-         lambda p: p.split("/")[0] in layers)
+         lambda p: p.split("/")[0] in layers and p.endswith("kernel"))
 
 
 @pytest.mark.parametrize("generation,layers", [(1, ("conv2", "fc1", "fc2")),
@@ -193,7 +263,7 @@ def test_llf_and_layerwise_on_a_cifar_resnet(resnet20):
   stages = models.stages("resnet20")
   for name in ("layer3", "stage3"):
     _check(_flat(policies.llf(resnet20, name, stages)),
-           lambda p: p.startswith(("stage3_", "fc/")) and _layer(p))
+           lambda p: p.startswith(("stage3_", "fc/")) and _layer(p, biases=False))
   with pytest.raises(ValueError, match=r"not a stage of model resnet20: choose layer1 \.\. layer3"):
     policies.llf(resnet20, "layer4", stages)
   for generation, first in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)]:     # (3g)//6 + 1

@@ -3,13 +3,27 @@
     for g in 0 .. num_generations - 1:
         if g > 0:
             keep   <- policy(state, g)          # True = keep (sparsity.policies)
-            fresh  <- the model's initialisers with key(seed, g)
+            fresh  <- redraw values with key(seed, g): PyTorch's default layer
+                      init, the model's own init or zeros (generations.redraw)
             params <- keep * params + (1 - keep) * fresh
         a fresh optimizer; the lr schedule (warm-up + cosine) restarts
         train num_epochs; evaluate: the generation's test top-1
 
 `generations.policy`: dnr | ke | llf | layerwise | none (the long baseline:
-set num_generations=1 and num_epochs to the total). Every generation has
+set num_generations=1 and num_epochs to the total).
+
+`generations.redraw="original"` re-draws as the original code does for
+each policy: DNR, KE and LLF from PyTorch's default layer init
+(kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the DNR
+repo's `re_init_weights` and the `split_reinitialize` of its and
+fortuitous_forgetting's `layers/conv_type.py`, `linear_type.py`), the
+layer-wise reinit from a freshly built model (`train_KE_cls_LW.py` copies
+a new `get_model`'s parameters); `torch_default`, `model_init` or `zero`
+(evolve_mode="zero") forces one for every policy. LLF re-draws the weights
+alone, as `SplitLinear.split_reinitialize` does (`llf_bias=True` re-draws
+the biases of the layers it resets too).
+
+Every generation has
 `num_epochs`; the step count runs on over generations, so checkpoints,
 resume and metrics work as in any run. A reset is a pure function of the
 state at the boundary, the seed and the data, so a run killed in any
@@ -43,6 +57,10 @@ from neurojax.train.writers import metrics_by_step
 from neurojax.tree import path_str
 
 POLICIES = ("dnr", "ke", "llf", "layerwise", "none")
+REDRAWS = ("original",) + policies.REDRAWS
+# What `redraw="original"` means for each policy (module docstring).
+ORIGINAL_REDRAW = {"dnr": "torch_default", "ke": "torch_default", "llf": "torch_default",
+                   "layerwise": "model_init", "none": "model_init"}
 
 
 def config() -> ml_collections.ConfigDict:
@@ -54,7 +72,17 @@ def config() -> ml_collections.ConfigDict:
       reset=0.2,                    # dnr: re-draw this fraction of the eligible weights, the
                                     # least salient (SNIP); 0.2 keeps the 80% most salient
       split_rate=0.5,               # ke: the fraction of channels kept (the paper's "split rate")
-      reset_layer="layer4"))        # llf: re-draw from this stage on
+      reset_layer="layer4",         # llf: re-draw from this stage on
+      llf_bias=False,               # llf: re-draw the biases of those layers too (the
+                                    # original keeps them: it re-draws the weights alone)
+      redraw="original"))           # what reset entries become: original (the policy's
+                                    # original: torch_default for dnr/ke/llf, model_init for
+                                    # layerwise) | torch_default | model_init | zero
+
+
+def redraw_kind(g) -> str:
+  """The re-draw `config.generations` asks for, "original" resolved."""
+  return ORIGINAL_REDRAW[g.policy] if g.redraw == "original" else g.redraw
 
 
 def validate(config) -> None:
@@ -63,6 +91,9 @@ def validate(config) -> None:
   if g.policy not in POLICIES:
     raise ValueError(f"config.generations.policy={g.policy!r} is not valid; choose one of: "
                      f"{', '.join(POLICIES)}")
+  if g.redraw not in REDRAWS:
+    raise ValueError(f"config.generations.redraw={g.redraw!r} is not valid; choose one of: "
+                     f"{', '.join(REDRAWS)}")
   if g.num_generations < 1:
     raise ValueError(f"config.generations.num_generations={g.num_generations} must be >= 1")
   config_lib.check_number(config, "generations.reset", 0, 1, high_open=True,
@@ -98,7 +129,7 @@ def _keep_mask(config, exp, state, generation: int, step: int):
   if g.policy == "ke":
     return policies.ke(params, g.split_rate, stages)
   if g.policy == "llf":
-    return policies.llf(params, g.reset_layer, stages)
+    return policies.llf(params, g.reset_layer, stages, biases=g.llf_bias)
   return policies.layerwise(params, generation, g.num_generations, stages)
 
 
@@ -178,8 +209,10 @@ def run(config, workdir: str) -> dict:
   g = config.generations
   exp = setup(config, workdir)
   gen_steps = exp.num_steps
-  init = jax.jit(lambda key: init_variables(exp.model, key, exp.data.info.image_shape)[0],
-                 out_shardings=parallel.replicated(exp.mesh))
+  kind = redraw_kind(g)
+  fresh = jax.jit(lambda key: policies.redraw_values(
+      kind, init_variables(exp.model, key, exp.data.info.image_shape)[0], key),
+      out_shardings=parallel.replicated(exp.mesh))
   keys = generation_keys(config.seed, g.num_generations)
 
   def regenerate(generation):
@@ -189,7 +222,7 @@ def run(config, workdir: str) -> dict:
         began = time.perf_counter()
         keep = jax.block_until_ready(_keep_mask(config, exp, state, generation, int(state.step)))
         _record(exp, workdir, generation, int(state.step), keep, time.perf_counter() - began)
-      return start_generation(state, keep, init(keys[generation]))
+      return start_generation(state, keep, None if keep is None else fresh(keys[generation]))
     return enter
 
   plan = [phases.Phase("generation 0", gen_steps)] + [
@@ -215,7 +248,9 @@ def _report(config, exp, workdir, gen_steps) -> dict:
   speeds = [r["train/images_per_sec"] for r in by_step.values() if "train/images_per_sec" in r]
   epoch_seconds = (exp.steps_per_epoch * config.batch_size / float(np.median(speeds))
                    if speeds else None)
+  redraw = None if config.generations.policy == "none" else redraw_kind(config.generations)
   results = {"policy": config.generations.policy, "model": config.model.name,
+             "redraw": redraw,
              "epochs_per_generation": gen_steps / exp.steps_per_epoch,
              "epoch_seconds": epoch_seconds, "generations": rows, "final_top1": rows[-1]["top1"]}
   masks = [r["mask_seconds"] for r in rows if r["mask_seconds"] is not None]
@@ -227,7 +262,8 @@ def _report(config, exp, workdir, gen_steps) -> dict:
   return report.write(
       workdir, "generations", results,
       title=(f"{config.model.name}: {config.generations.policy}, "
-             f"{config.generations.num_generations} generations, workdir {workdir}"),
+             f"{config.generations.num_generations} generations, "
+             + (f"re-drawn from {redraw}, " if redraw else "") + f"workdir {workdir}"),
       rows=rows, columns=["generation", "top1", "top5", "reset", "overlap", "mask_seconds"],
       lines=lines,
       plot=lambda: plot_generations(rows, os.path.join(workdir, "generations.png"),

@@ -26,9 +26,10 @@ def torch_bias_init(fan_in: int):
   return init
 
 
-def torch_dense(x, features: int, dtype, name=None):
-  """nn.Linear with PyTorch's default init, applied to `x`."""
-  return nn.Dense(features, dtype=dtype, kernel_init=torch_kernel_init,
+def torch_dense(x, features: int, dtype, name=None, kernel_init=torch_kernel_init):
+  """nn.Linear with PyTorch's default init (or another `kernel_init`; the
+  bias keeps PyTorch's), applied to `x`."""
+  return nn.Dense(features, dtype=dtype, kernel_init=kernel_init,
                   bias_init=torch_bias_init(x.shape[-1]), name=name)(x)
 
 

@@ -15,7 +15,11 @@ the max-pool match torchvision exactly (never the asymmetric 'SAME').
 Param names follow torchvision's state_dict (`layer1_0/conv1`,
 `layer2_0/downsample_conv`, ...). Convs have no bias and use
 kaiming_normal(fan_in) (the DNR/KE code; `conv_init="fan_out"` is
-torchvision's); BN starts at scale 1, bias 0; fc uses PyTorch's default.
+torchvision's); BN starts at scale 1, bias 0; the fc uses PyTorch's default
+(kernel U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 0.0255 at 512 -> 102), or
+with `fc_init="kaiming_normal"` the DNR/KE/LLF code's `Split_ResNet18`
+classifier: kernel N(0, 2/fan_in) (std 0.0625 at 512 inputs), bias still
+PyTorch's default.
 `STAGES` (the generation policies' depth): the stem (conv1, bn1) is stage 0,
 layer1..4 are stages 1-4, fc is the head (5).
 """
@@ -28,13 +32,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from neurojax.models.layers import (batch_norm, kaiming_normal_fan_in, kaiming_normal_fan_out,
-                                    torch_dense)
+                                    torch_dense, torch_kernel_init)
 from neurojax.models.registry import Stages, register
 
 STEMS = ("imagenet", "small")
 STAGES = Stages((("stem", r"conv1|bn1"),) +
                 tuple((f"layer{k}", rf"layer{k}_\d+") for k in range(1, 5)) + (("fc", "fc"),))
 CONV_INITS = {"fan_in": kaiming_normal_fan_in, "fan_out": kaiming_normal_fan_out}
+FC_INITS = {"torch_default": torch_kernel_init, "kaiming_normal": kaiming_normal_fan_in}
 
 
 def conv(features: int, kernel: int, stride: int, dtype, init, name: str):
@@ -77,6 +82,7 @@ class ResNet(nn.Module):
   num_classes: int = 1000
   stem: str = "imagenet"
   conv_init: str = "fan_in"
+  fc_init: str = "torch_default"
   width: int = 64                   # the stem's and layer1's width; later stages double it
   dtype: Any = jnp.float32
 
@@ -98,7 +104,8 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if not self.num_classes:          # a backbone: the pooled features (torchvision's fc=Identity)
       return x
-    return torch_dense(x, self.num_classes, self.dtype, name="fc")
+    return torch_dense(x, self.num_classes, self.dtype, name="fc",
+                       kernel_init=FC_INITS[self.fc_init])
 
 
 _DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
@@ -109,7 +116,7 @@ def _resnet(depth: int):
   layers, bottleneck = _DEPTHS[depth]
 
   def factory(num_classes: int = 1000, dtype: Any = jnp.float32, stem: str = "imagenet",
-              conv_init: str = "fan_in", width: int = 64):
+              conv_init: str = "fan_in", fc_init: str = "torch_default", width: int = 64):
     if width < 1:
       raise ValueError(f"config.model.width={width} must be >= 1 (64 is torchvision's)")
     if stem not in STEMS:
@@ -118,8 +125,11 @@ def _resnet(depth: int):
     if conv_init not in CONV_INITS:
       raise ValueError(f"config.model.conv_init={conv_init!r} is not valid; choose one of: "
                        f"{', '.join(CONV_INITS)}")
+    if fc_init not in FC_INITS:
+      raise ValueError(f"config.model.fc_init={fc_init!r} is not valid; choose one of: "
+                       f"{', '.join(FC_INITS)}")
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
-                  conv_init=conv_init, width=width, dtype=dtype)
+                  conv_init=conv_init, fc_init=fc_init, width=width, dtype=dtype)
   factory.backbone = True
   factory.stages = STAGES
   return factory

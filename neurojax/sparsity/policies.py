@@ -21,15 +21,28 @@ and the LeNets (a stage per layer: LeNet-5 S = 2, LeNet-300-100 S = 1);
   keeps [:ceil(s*in), :ceil(s*out)], except that the stem keeps all its
   inputs and the head all its outputs (fc: [:ceil(s*in), :]); downsample
   convs included; norms, biases and other params (Dit's Q) kept.
-- `llf`: later-layer forgetting: every conv and dense layer (downsample
-  included), kernel and bias, from stage `reset_layer` on is re-drawn; norms
-  (BN, LN), ConvNeXt's layer scale and Dit's Q are kept. `reset_layer` is
+- `llf`: later-layer forgetting: every conv and dense kernel (downsample
+  included) from stage `reset_layer` on is re-drawn; their biases only with
+  `biases=True` (the original re-draws the weight alone: the fc bias is
+  kept); norms (BN, LN), ConvNeXt's layer scale and Dit's Q are kept. `reset_layer` is
   "layerK", body stage K (1 <= K <= S) of any model, or one of the model's
   own stage names after the stem (ResNet "layer4" or "fc", CIFAR ResNet
   "stage3", ConvNeXt "stages_3" or "head", LeNet-5 "fc1").
 - `layerwise`: in generation g of G, every parameter (norm scale and bias
   too; running stats live in batch_stats and are kept) from body stage
   (S*g)//G + 1 on, and the head, is re-drawn ((4g)//G + 1 on a ResNet-18).
+
+What the re-drawn entries become is `redraw_values(kind, ...)`:
+- `torch_default`: PyTorch's default layer init, as the originals'
+  `split_reinitialize` (evolve_mode="rand") and DNR's `re_init_weights` do:
+  kaiming_uniform(a=sqrt(5)) for conv and dense kernels, i.e.
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)), and the same
+  bound for their biases; every other leaf (norms, layer scale, Dit's Q)
+  takes the model's own init (PyTorch's BN default too: scale 1, bias 0);
+- `model_init`: the model's own initialisers (a fresh model, as the
+  original layer-wise script copies from a newly built one);
+- `zero`: conv and dense kernels and biases 0 (evolve_mode="zero"), other
+  leaves the model's init.
 """
 
 from __future__ import annotations
@@ -43,6 +56,8 @@ from neurojax.sparsity.masks import dense_masks
 from neurojax.sparsity.scores import snip
 from neurojax.sparsity.select import global_topk
 from neurojax.tree import path_str
+
+REDRAWS = ("torch_default", "model_init", "zero")
 
 
 def _masks(params, rule):
@@ -91,14 +106,14 @@ def _layer_biases(params) -> set[str]:
   return {p[:-len("kernel")] + "bias" for p in paths if p.endswith("kernel")} & paths
 
 
-def llf(params, reset_layer: str, stages):
-  """Re-draw every conv and dense layer (kernel and bias) from stage
-  `reset_layer` (e.g. "layer4") on."""
+def llf(params, reset_layer: str, stages, biases: bool = False):
+  """Re-draw every conv and dense kernel from stage `reset_layer` (e.g.
+  "layer4") on, and with `biases` their biases too."""
   first = reset_stage(reset_layer, stages)
-  biases = _layer_biases(params)
+  bias_paths = _layer_biases(params) if biases else set()
 
   def rule(path, x):
-    if stages(path) >= first and (path.endswith("kernel") or path in biases):
+    if stages(path) >= first and (path.endswith("kernel") or path in bias_paths):
       return jnp.zeros(x.shape, jnp.bool_)
     return None
   return _masks(params, rule)
@@ -110,3 +125,30 @@ def layerwise(params, generation: int, num_generations: int, stages):
   first = (stages.num_stages * generation) // num_generations + 1
   return _masks(params, lambda path, x: jnp.zeros(x.shape, jnp.bool_)
                 if stages(path) >= first else None)
+
+
+def redraw_values(kind: str, model_init, key):
+  """The values the re-drawn entries take (module docstring): `model_init`
+  is a fresh init of the model (its params); `key` draws the
+  `torch_default` values, one sub-key per leaf."""
+  if kind not in REDRAWS:
+    raise ValueError(f"redraw={kind!r} is not valid; choose one of: {', '.join(REDRAWS)}")
+  if kind == "model_init":
+    return model_init
+  flat, treedef = jax.tree_util.tree_flatten_with_path(model_init)
+  paths = [path_str(p) for p, _ in flat]
+  kernels = {p[:-len("kernel")]: x.shape for p, (_, x) in zip(paths, flat)
+             if p.endswith("kernel")}
+  keys = jax.random.split(jax.random.fold_in(key, 1), len(flat))
+  out = []
+  for path, (_, x), k in zip(paths, flat, keys):
+    owner = path[:-len("kernel")] if path.endswith("kernel") else (
+        path[:-len("bias")] if path.endswith("bias") else None)
+    if owner not in kernels:
+      out.append(x)
+    elif kind == "zero":
+      out.append(jnp.zeros_like(x))
+    else:    # conv [kh, kw, in / groups, out], dense [in, out]: torch's fan_in
+      bound = 1.0 / math.sqrt(math.prod(kernels[owner][:-1]))
+      out.append(jax.random.uniform(k, x.shape, x.dtype, -bound, bound))
+  return jax.tree_util.tree_unflatten(treedef, out)
