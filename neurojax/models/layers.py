@@ -43,6 +43,14 @@ def torch_conv(x, features: int, kernel: int, dtype, stride: int = 1, padding: i
                  name=name)(x)
 
 
+def conv(x, features: int, kernel: int, dtype, stride: int = 1, padding: int = 0,
+         use_bias: bool = False, name=None, kernel_init=kaiming_normal_fan_out):
+  """nn.Conv2d with PyTorch's symmetric `padding`, written out, and
+  kaiming_normal(fan_out) (N(0, 2 / (k * k * out))); a bias starts at 0."""
+  return nn.Conv(features, (kernel, kernel), strides=stride, padding=[(padding, padding)] * 2,
+                 use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)(x)
+
+
 def batch_norm(train: bool, dtype, name=None, scale_init=nn.initializers.ones):
   """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

@@ -22,6 +22,27 @@ classifier: kernel N(0, 2/fan_in) (std 0.0625 at 512 inputs), bias still
 PyTorch's default.
 `STAGES` (the generation policies' depth): the stem (conv1, bn1) is stage 0,
 layer1..4 are stages 1-4, fc is the head (5).
+
+`block_widths` (one entry per block, in order) sets each block's inner
+widths: a BasicBlock's conv1 outputs, a Bottleneck's conv1 and conv2
+outputs, so a tuple per block ((w,) or (w1, w2); a BasicBlock's may be a bare
+int); a flat tuple with one int per channel group (what structured pruning's
+`slim` returns) is read block by block. () keeps the standard widths, and the
+params are then exactly as without the option. `channel_groups` declares those
+inner channels; the stem, each branch's last conv, the downsample convs and
+so the residual stream are not in any group.
+
+resnet164 is Neural Rejuvenation's CIFAR ResNet-164 (Qiao et al., CVPR 2019;
+the NeuralRejuvenation-CVPR19 code's models/cifar/resnet.py, run as
+`resnet --depth 110`: its depth >= 44 takes Bottlenecks, n = (110 - 2) // 6 =
+18 per stage, 9n + 2 = 164 layers): this model with the small stem (3x3 conv
+16), three stages of 18 Bottlenecks (inner widths 16, 32, 64; outputs 64,
+128, 256; post-activation, as above, a 1x1 conv + BN shortcut where the shape
+changes, layer1_0 included), kaiming_normal(fan_out) convs, and the code's
+classifier: a 1x1 conv (on the last map, averaged by its training script;
+here a Dense after the pool, the same function) whose kernel its init loop
+also draws N(0, 2 / (1 * 1 * classes)) (kaiming_normal fan_out of the 1x1
+conv; std 0.45 at 10 classes), its bias PyTorch's default.
 """
 
 from __future__ import annotations
@@ -33,13 +54,14 @@ import jax.numpy as jnp
 
 from neurojax.models.layers import (batch_norm, kaiming_normal_fan_in, kaiming_normal_fan_out,
                                     torch_dense, torch_kernel_init)
-from neurojax.models.registry import Stages, register
+from neurojax.models.registry import ChannelGroup, Stages, register
 
 STEMS = ("imagenet", "small")
 STAGES = Stages((("stem", r"conv1|bn1"),) +
                 tuple((f"layer{k}", rf"layer{k}_\d+") for k in range(1, 5)) + (("fc", "fc"),))
 CONV_INITS = {"fan_in": kaiming_normal_fan_in, "fan_out": kaiming_normal_fan_out}
-FC_INITS = {"torch_default": torch_kernel_init, "kaiming_normal": kaiming_normal_fan_in}
+FC_INITS = {"torch_default": torch_kernel_init, "kaiming_normal": kaiming_normal_fan_in,
+            "kaiming_normal_fan_out": kaiming_normal_fan_out}
 
 
 def conv(features: int, kernel: int, stride: int, dtype, init, name: str):
@@ -55,14 +77,16 @@ class Block(nn.Module):
   bottleneck: bool
   dtype: Any
   init: Any
+  inner: tuple[int, ...] = ()       # conv1's (and a Bottleneck's conv2's) outputs; () = width
 
   @nn.compact
   def __call__(self, x, train: bool):
     out = self.width * (4 if self.bottleneck else 1)
+    w1, w2 = self.inner + (self.width,) * (2 - len(self.inner))
     if self.bottleneck:
-      shapes = [(self.width, 1, 1), (self.width, 3, self.stride), (out, 1, 1)]
+      shapes = [(w1, 1, 1), (w2, 3, self.stride), (out, 1, 1)]
     else:
-      shapes = [(self.width, 3, self.stride), (out, 3, 1)]
+      shapes = [(w1, 3, self.stride), (out, 3, 1)]
     h = x
     for i, (features, kernel, stride) in enumerate(shapes, 1):
       h = conv(features, kernel, stride, self.dtype, self.init, f"conv{i}")(h)
@@ -85,6 +109,12 @@ class ResNet(nn.Module):
   fc_init: str = "torch_default"
   width: int = 64                   # the stem's and layer1's width; later stages double it
   dtype: Any = jnp.float32
+  block_widths: tuple[tuple[int, ...], ...] = ()    # per block (see the module docstring)
+
+  def blocks(self) -> list[tuple[str, int, int]]:
+    """(name, width, stride) of every block, in order."""
+    return [(f"layer{stage + 1}_{b}", self.width * 2**stage, 2 if stage > 0 and b == 0 else 1)
+            for stage, count in enumerate(self.layers) for b in range(count)]
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -97,15 +127,45 @@ class ResNet(nn.Module):
     x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
-    for stage, blocks in enumerate(self.layers):
-      for b in range(blocks):
-        x = Block(self.width * 2**stage, 2 if stage > 0 and b == 0 else 1, self.bottleneck,
-                  self.dtype, init, name=f"layer{stage + 1}_{b}")(x, train)
+    blocks = self.blocks()
+    for k, (name, width, stride) in enumerate(blocks):
+      inner = self.block_widths[k] if self.block_widths else ()
+      x = Block(width, stride, self.bottleneck, self.dtype, init, inner, name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if not self.num_classes:          # a backbone: the pooled features (torchvision's fc=Identity)
       return x
     return torch_dense(x, self.num_classes, self.dtype, name="fc",
                        kernel_init=FC_INITS[self.fc_init])
+
+
+def channel_groups(model: ResNet) -> list[ChannelGroup]:
+  """The inner channels of each block: conv1's (and a Bottleneck's conv2's)
+  outputs, with their BN and the next conv's inputs, block by block."""
+  groups = []
+  for name, _, _ in model.blocks():
+    for i in (1, 2) if model.bottleneck else (1,):
+      groups.append(ChannelGroup(f"params/{name}/conv{i}/kernel", (
+          (f"params/{name}/bn{i}/scale", 0), (f"params/{name}/bn{i}/bias", 0),
+          (f"batch_stats/{name}/bn{i}/mean", 0), (f"batch_stats/{name}/bn{i}/var", 0),
+          (f"params/{name}/conv{i + 1}/kernel", 2))))
+  return groups
+
+
+def per_block_widths(widths, layers: tuple[int, ...], bottleneck: bool) -> tuple:
+  """`block_widths` as one tuple per block (() for the standard widths)."""
+  if not widths:
+    return ()
+  count, per = sum(layers), 2 if bottleneck else 1
+  entries = list(widths)
+  if len(entries) == count * per and not any(isinstance(w, (tuple, list)) for w in entries):
+    entries = [entries[k:k + per] for k in range(0, len(entries), per)]  # one int per group
+  entries = [tuple(w) if isinstance(w, (tuple, list)) else (w,) for w in entries]
+  if len(entries) != count or any(len(w) != per or min(w) < 1 for w in entries):
+    raise ValueError(
+        f"config.model.block_widths={tuple(widths)} must give each of the {count} blocks its "
+        f"{per} inner width(s) >= 1 ({'(conv1, conv2)' if bottleneck else 'conv1'} outputs), "
+        f"or {count * per} ints in a row, or be empty (the standard widths)")
+  return tuple(tuple(int(v) for v in w) for w in entries)
 
 
 _DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
@@ -116,7 +176,8 @@ def _resnet(depth: int):
   layers, bottleneck = _DEPTHS[depth]
 
   def factory(num_classes: int = 1000, dtype: Any = jnp.float32, stem: str = "imagenet",
-              conv_init: str = "fan_in", fc_init: str = "torch_default", width: int = 64):
+              conv_init: str = "fan_in", fc_init: str = "torch_default", width: int = 64,
+              block_widths: tuple = ()):
     if width < 1:
       raise ValueError(f"config.model.width={width} must be >= 1 (64 is torchvision's)")
     if stem not in STEMS:
@@ -129,11 +190,34 @@ def _resnet(depth: int):
       raise ValueError(f"config.model.fc_init={fc_init!r} is not valid; choose one of: "
                        f"{', '.join(FC_INITS)}")
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
-                  conv_init=conv_init, fc_init=fc_init, width=width, dtype=dtype)
+                  conv_init=conv_init, fc_init=fc_init, width=width, dtype=dtype,
+                  block_widths=per_block_widths(block_widths, layers, bottleneck))
   factory.backbone = True
   factory.stages = STAGES
+  factory.channel_groups = channel_groups
+  factory.width_option = "block_widths"
   return factory
 
 
 for _depth in _DEPTHS:
   register(f"resnet{_depth}")(_resnet(_depth))
+
+
+@register("resnet164")
+def resnet164(num_classes: int = 10, dtype: Any = jnp.float32, width: int = 16,
+              block_widths: tuple = ()) -> ResNet:
+  """Neural Rejuvenation's CIFAR ResNet-164 (see the module docstring)."""
+  if width < 1:
+    raise ValueError(f"config.model.width={width} must be >= 1 (16 is the original's)")
+  layers = (18, 18, 18)
+  return ResNet(layers=layers, bottleneck=True, num_classes=num_classes, stem="small",
+                conv_init="fan_out", fc_init="kaiming_normal_fan_out", width=width, dtype=dtype,
+                block_widths=per_block_widths(block_widths, layers, True))
+
+
+resnet164.backbone = True
+resnet164.stages = Stages((("stem", r"conv1|bn1"),) +
+                          tuple((f"layer{k}", rf"layer{k}_\d+") for k in range(1, 4)) +
+                          (("fc", "fc"),))
+resnet164.channel_groups = channel_groups
+resnet164.width_option = "block_widths"
