@@ -169,10 +169,6 @@ def test_killed_in_generation_3_resumes_to_the_same_result(tmp_path):
   for g in (1, 2, 3):
     chex.assert_trees_all_equal(generations.load_mask(str(workdir), g),
                                 generations.load_mask(str(reference), g))
-  # Another seed is another run.
-  other = tmp_path / "seed1"
-  run(other, *RESUME, "--config.seed=1")
-  assert not np.array_equal(_final(other)[0]["fc1"]["kernel"], ref_params["fc1"]["kernel"])
 
 
 def test_generation_keys_differ_and_follow_the_seed():
