@@ -42,7 +42,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from neurojax.models.layers import batch_norm, conv
+from neurojax.models.layers import batch_norm, conv, pooled_classifier
 from neurojax.models.registry import ChannelGroup, Stages, register
 
 
@@ -107,11 +107,7 @@ class DenseNet(nn.Module):
       if b < len(self.blocks) - 1:
         width = self.transition_widths[b] if self.transition_widths else x.shape[-1] // 2
         x = Transition(width, self.dtype, name=f"transition{b + 1}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    if not self.num_classes:          # a backbone: the pooled features
-      return x
-    return nn.Dense(self.num_classes, dtype=self.dtype,
-                    kernel_init=nn.initializers.normal(0.01), name="fc")(x)
+    return pooled_classifier(x, self.num_classes, self.dtype)
 
 
 def channel_groups(model: DenseNet) -> list[ChannelGroup]:

@@ -51,6 +51,16 @@ def conv(x, features: int, kernel: int, dtype, stride: int = 1, padding: int = 0
                  use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, name=name)(x)
 
 
+def pooled_classifier(x, num_classes: int, dtype, name="fc"):
+  """Global average pool, then a Linear drawn N(0, 0.01) with bias 0 (the
+  VGG/DenseNet inits); num_classes=0 returns the pooled features (a backbone)."""
+  x = jnp.mean(x, axis=(1, 2))
+  if not num_classes:
+    return x
+  return nn.Dense(num_classes, dtype=dtype, kernel_init=nn.initializers.normal(0.01),
+                  name=name)(x)
+
+
 def batch_norm(train: bool, dtype, name=None, scale_init=nn.initializers.ones):
   """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,

@@ -49,7 +49,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from neurojax.models.layers import batch_norm, conv
+from neurojax.models.layers import batch_norm, conv, pooled_classifier
 from neurojax.models.registry import ChannelGroup, Stages, register
 
 # Convs (their widths) and max-pools: "M" 2x2/2, "P" 3x3/2 with padding 1.
@@ -90,11 +90,7 @@ class VGG(nn.Module):
                        scale_init=nn.initializers.constant(self.bn_scale))(x)
         x = nn.relu(x)
         i += 1
-    x = jnp.mean(x, axis=(1, 2))
-    if not self.num_classes:          # a backbone: the pooled features
-      return x
-    return nn.Dense(self.num_classes, dtype=self.dtype,
-                    kernel_init=nn.initializers.normal(0.01), name="fc")(x)
+    return pooled_classifier(x, self.num_classes, self.dtype)
 
 
 def channel_groups(model: VGG) -> list[ChannelGroup]:
