@@ -12,7 +12,7 @@ from neurojax.tree import path_str
 from neurojax.tables import format_table
 
 
-def _output_shapes(model, variables, input_shape):
+def output_shapes(model, variables, input_shape):
   """Output shape (without batch) of every module, by module path."""
   _, state = jax.eval_shape(lambda v: model.apply(
       v, jnp.zeros((1, *input_shape)), train=False, capture_intermediates=True,
@@ -28,7 +28,7 @@ def _output_shapes(model, variables, input_shape):
 def layer_stats(params, masks, model=None, variables=None, input_shape=None) -> list[dict]:
   """One row per masked leaf: layer, shape, nonzero, total, density, and with
   a model, dense and sparse MACs per example (conv/dense kernels)."""
-  shapes = _output_shapes(model, variables, input_shape) if model is not None else {}
+  shapes = output_shapes(model, variables, input_shape) if model is not None else {}
   rows = []
   flat_masks = jax.tree_util.tree_flatten_with_path(masks, is_leaf=is_none)[0]
   flat_params = jax.tree.leaves(params)

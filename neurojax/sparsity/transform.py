@@ -19,6 +19,8 @@ copied every momentum buffer each step.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -43,3 +45,50 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
     return _zero_pruned(updates, full), state
   return optax.GradientTransformationExtraArgs(inner.init, update)
 
+
+
+class L1State(NamedTuple):
+  """`with_l1`'s state: the L1 strength (a float32 scalar a method may
+  change between steps: `set_l1_strength`) and the inner state."""
+  strength: jax.Array
+  inner_state: Any
+
+
+def with_l1(inner: optax.GradientTransformation, strength: float, mask
+            ) -> optax.GradientTransformationExtraArgs:
+  """An L1 penalty on the params `mask` selects, as a gradient term:
+
+      g <- g + strength * sign(w)    where mask (w = 0: no change)
+      u, s <- inner(g, s, w)
+
+  i.e. the subgradient of `strength * sum |w|` added before `inner` (weight
+  decay, momentum), as network slimming and Neural Rejuvenation add it to
+  the BatchNorm scales. `mask` is a bool pytree shaped like the params (or a
+  prefix of it), or a function of the params giving one. The strength lives
+  in the state, so changing it (`set_l1_strength`) needs no re-jit; the
+  state is `L1State(strength, inner_state)`. Extra arguments (`masks=`)
+  go to `inner`."""
+  def init(params):
+    return L1State(jnp.asarray(strength, jnp.float32), inner.init(params))
+
+  def update(updates, state, params=None, **extra):
+    if params is None:
+      raise ValueError("with_l1 needs the params: call update(grads, state, params)")
+    selected = mask(params) if callable(mask) else mask
+    updates = jax.tree.map(
+        lambda on, g, w: (g + state.strength * jnp.sign(w)).astype(g.dtype) if on else g,
+        selected, updates, params)
+    updates, inner_state = _update(inner, updates, state.inner_state, params, **extra)
+    return updates, L1State(state.strength, inner_state)
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _update(inner, updates, state, params, **extra):
+  if isinstance(inner, optax.GradientTransformationExtraArgs):
+    return inner.update(updates, state, params, **extra)
+  return inner.update(updates, state, params)
+
+
+def set_l1_strength(opt_state: L1State, strength) -> L1State:
+  """`with_l1`'s state with another strength (same dtype: no re-jit)."""
+  return opt_state._replace(strength=jnp.asarray(strength, opt_state.strength.dtype))

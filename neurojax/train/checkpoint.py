@@ -79,15 +79,22 @@ def _fingerprint_difference(state, meta: dict, step: int) -> str | None:
     logging.info("checkpoint %d has an old-style fingerprint (%s); its values are not checked.",
                  step, meta.get("fingerprint_kind", "per-leaf sums"))
     return None
-  paths = [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  paths = _leaf_paths(state)
   current = fingerprint(state)
   if not isinstance(saved, list) or len(saved) != len(current):
     return (f"it has {len(saved) if isinstance(saved, list) else 'no'} leaf hashes for "
             f"{len(current)} leaves")
+  if meta.get("fingerprint_paths"):      # by path: also a state read in another leaf order
+    by_path = dict(zip(meta["fingerprint_paths"], saved))
+    saved = [by_path.get(p) for p in paths]
   for path, a, b in zip(paths, current, saved):
     if a is not None and b is not None and a != b:
       return f"first at {path}"
   return None
+
+
+def _leaf_paths(tree) -> list[str]:
+  return [_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _path_name(path) -> str:
@@ -118,7 +125,7 @@ def _describe(spec) -> str:
   return f"shape {shape}" + ("" if dtype is None else f" {dtype.name}")
 
 
-def _tree_difference(saved_tree, target) -> str | None:
+def tree_difference(saved_tree, target) -> str | None:
   """None if the saved tree has the leaves, shapes and dtypes of `target`,
   else the first difference (in the target's leaf order), e.g. "params/x
   has shape (4, 2) float32 in the checkpoint but (8, 2) float32 in the model"."""
@@ -159,7 +166,7 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     meta = dict(meta, step=int(step), fingerprint=fingerprint(state),
-                fingerprint_kind=FINGERPRINT_KIND)
+                fingerprint_paths=_leaf_paths(state), fingerprint_kind=FINGERPRINT_KIND)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -169,7 +176,7 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def _saved_tree(self, step: int):
+  def saved_tree(self, step: int):
     """The `state` item's tree of ArrayMetadata (shape, dtype) of `step`."""
     metadata = self._manager.metadata(step).item_metadata
     tree = None if metadata is None else metadata.get("state")
@@ -192,7 +199,7 @@ class Checkpointer:
     tried = []
     for step in reversed(self.all_steps()):
       try:
-        difference = _tree_difference(self._saved_tree(step), abstract)
+        difference = tree_difference(self.saved_tree(step), abstract)
       except Exception as e:  # pylint: disable=broad-except
         self._skip(step, e, tried, quarantine)
         continue

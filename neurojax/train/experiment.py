@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,10 @@ class Experiment:
   resumed_from: int | None
   meta: dict | None = None        # the restored checkpoint's meta
   lock: workdir_lib.WorkdirLock | None = None    # process 0's hold on the workdir
+  optimizer: Callable | None = None   # (config, schedule, params) -> tx; None: make_optimizer
+  phase_ends: dict = dataclasses.field(default_factory=dict)   # {phase: step}, train.phases
   _steps: dict = dataclasses.field(default_factory=dict)
+  _retired_compiles: int = 0      # those of the models before a rebuild
 
   @property
   def steps_per_epoch(self) -> int:
@@ -80,8 +84,16 @@ class Experiment:
     self.model_spec = model_spec
     self.model, self.schedule, self.tx = build_model_and_optimizer(
         self.config, model_spec, self.data.info.image_shape, self.steps_per_epoch,
-        self.num_steps)
+        self.num_steps, self.optimizer)
+    self._retired_compiles += self.train_step_compiles()
     self._steps.clear()
+
+  def make_tx(self, schedule, params) -> optax.GradientTransformation:
+    """The run's kind of optimizer (the method's, or `make_optimizer`) on
+    another lr schedule, e.g. for one phase."""
+    if self.optimizer is not None:
+      return self.optimizer(self.config, schedule, params)
+    return make_optimizer(self.config.optimizer, schedule, params)
 
   def new_state(self, like: TrainState, params, batch_stats, masks=None) -> TrainState:
     """A state for the current model with these variables, `like`'s step and
@@ -99,7 +111,8 @@ class Experiment:
     return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
             "steps_per_epoch": self.steps_per_epoch, "num_classes": info.num_classes,
             "image_shape": list(info.image_shape), "masks": state.masks is not None,
-            "model": self.model_spec, "config": flatten_config(self.config)}
+            "model": self.model_spec, "config": flatten_config(self.config),
+            "phase_ends": dict(self.phase_ends)}
 
   def save(self, step: int, state: TrainState) -> None:
     self.checkpointer.save(step, state, self.checkpoint_meta(step, state))
@@ -124,9 +137,11 @@ class Experiment:
     return self._steps[key][-1]
 
   def train_step_compiles(self) -> int:
-    """XLA compilations of the train steps so far (one per model, optimizer
-    and objective when nothing changes shape between steps)."""
-    return sum(entry[-1]._cache_size() for entry in self._steps.values())  # pylint: disable=protected-access
+    """XLA compilations of the train steps so far in this process, also of
+    the models before a `rebuild` (one per model, optimizer and objective
+    when nothing changes shape between steps)."""
+    return self._retired_compiles + sum(
+        entry[-1]._cache_size() for entry in self._steps.values())  # pylint: disable=protected-access
 
   def evaluator(self, objective: steps_lib.Objective | None = None, predict=None,
                 samples: int = 1):
@@ -178,13 +193,17 @@ def config_model_spec(config, num_classes: int) -> dict:
 
 
 def build_model_and_optimizer(config, model_spec: dict, image_shape, steps_per_epoch: int,
-                              num_steps: int):
-  """(model, lr schedule, optax transformation) for `model_spec` and `config`."""
+                              num_steps: int, optimizer=None):
+  """(model, lr schedule, optax transformation) for `model_spec` and `config`;
+  `optimizer(config, schedule, params)` builds the transformation (default
+  `make_optimizer(config.optimizer, ...)`)."""
   model = models.build(model_spec)
   schedule = make_schedule(config.schedule, steps_per_epoch, num_steps)
   abstract_params = jax.eval_shape(lambda k: init_variables(model, k, image_shape)[0],
                                    jax.random.PRNGKey(0))
-  return model, schedule, make_optimizer(config.optimizer, schedule, abstract_params)
+  tx = (optimizer(config, schedule, abstract_params) if optimizer is not None
+        else make_optimizer(config.optimizer, schedule, abstract_params))
+  return model, schedule, tx
 
 
 def _newest_meta(checkpointer) -> dict | None:
@@ -208,7 +227,9 @@ def load_run(workdir: str):
 
   The model is rebuilt from the newest checkpoint's model spec (so also a
   Kakuritsu head's run, or a model whose widths changed mid-run); the state
-  is that checkpoint's, on this process's first device. E.g. in a notebook:
+  is that checkpoint's, on this process's first device (the optimizer state
+  of a method with its own optimizer comes as saved: nested dicts). E.g. in
+  a notebook:
   `config, model, state = load_run("runs/default")`, then
   `model.apply({"params": state.params, ...}, images)`.
   """
@@ -237,6 +258,13 @@ def load_run(workdir: str):
                                               bool(meta.get("masks"))))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
+  # A method with its own optimizer (`setup(optimizer=...)`) saved another
+  # optimizer state: read that one as saved (nested dicts).
+  saved_opt = checkpointer.saved_tree(steps[-1]).get("opt_state")
+  if saved_opt is not None and ckpt_lib.tree_difference(
+      {"opt_state": saved_opt}, {"opt_state": abstract.opt_state}) is not None:
+    abstract = abstract.replace(opt_state=jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), saved_opt))
   state, _ = checkpointer.restore_latest(abstract, quarantine=False)   # read-only
   checkpointer.close()
   return config, model, state
@@ -264,7 +292,7 @@ def _unflatten(flat: dict) -> ml_collections.ConfigDict:
 
 
 def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_spec=None,
-          initial=None, resume_safe=()) -> Experiment:
+          initial=None, resume_safe=(), optimizer=None) -> Experiment:
   """Builds everything for `config` and resumes from `workdir` if it holds a run.
 
   `with_masks=True` gives the fresh state all-True masks on the eligible
@@ -274,7 +302,10 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
   mid-run resumes with the changed one). `initial(state) -> state` changes
   the fresh state (e.g. loads pretrained weights) when there is no
   checkpoint to resume from. `resume_safe` adds the method's own fields
-  that may change between the runs of one workdir.
+  that may change between the runs of one workdir. `optimizer(config,
+  schedule, params) -> tx` replaces `make_optimizer` for the whole run
+  (e.g. a method's wrapper around it that keeps a value in the optimizer
+  state); `Experiment.rebuild` and `make_tx` use it too.
   """
   # pylint: disable=g-import-not-at-top
   from neurojax.config import validate
@@ -299,7 +330,7 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
     spec = ((meta or {}).get("model") or model_spec
             or config_model_spec(config, data.info.num_classes))
     model, schedule, tx = build_model_and_optimizer(
-        config, spec, data.info.image_shape, data.info.steps_per_epoch, num_steps)
+        config, spec, data.info.image_shape, data.info.steps_per_epoch, num_steps, optimizer)
     # Only now, so that a config failing above leaves no config.json behind.
     check_or_save_config(config, workdir, resume_safe, (meta or {}).get("config"))
     state = _template(config, model, tx, data.info.image_shape, with_masks,
@@ -331,7 +362,8 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
     raise
   return Experiment(config, workdir, mesh, data, spec, model, schedule, tx, state, checkpointer,
                     writer, num_steps, resumed_from, meta if restored is not None else None,
-                    lock)
+                    lock, optimizer, dict((meta or {}).get("phase_ends") or {})
+                    if restored is not None else {})
 
 
 def flatten_config(config, prefix="") -> dict:

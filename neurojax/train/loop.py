@@ -34,7 +34,10 @@ class NonFiniteLossError(FloatingPointError):
 @dataclasses.dataclass
 class Hook:
   """Calls `fn(step, state)` after every `every` steps, and after the last
-  step when `at_end`. `every <= 0` means only at the end."""
+  step when `at_end`. `every <= 0` means only at the end. A hook that
+  returns a `TrainState` replaces the state (e.g. a method changing a value
+  it keeps in the optimizer state); its arrays must keep their shapes,
+  dtypes and shardings, so the step does not re-jit."""
   every: int
   fn: Callable[[int, TrainState], None]
   at_end: bool = True
@@ -57,12 +60,14 @@ def _stop_requested(step: int, flushing: bool) -> int | None:
 
 def fit(state: TrainState, *, train_step, batches: Iterable, mesh, num_steps: int,
         writer: MetricWriter, hooks: Sequence[Hook] = (), log_every: int = 50,
-        progress: Progress | None = None, lr: Callable[[np.ndarray], np.ndarray] | None = None
-        ) -> TrainState:
+        progress: Progress | None = None, lr: Callable[[np.ndarray], np.ndarray] | None = None,
+        stop: Callable[[int], bool] | None = None) -> TrainState:
   """Trains until `state.step == num_steps`; `batches` yields the host
   batches of steps `state.step`, `state.step + 1`, ... (e.g.
   `data.train.batches(int(state.step))`). `lr(steps)`, if given, is the
-  learning rate at those (0-based) steps, logged as train/lr."""
+  learning rate at those (0-based) steps, logged as train/lr. `stop(step)`,
+  asked after the hooks of a step where some were due, ends training there
+  when it returns True."""
   step = int(state.step)
   batches = iter(batches)
   pending = []
@@ -74,16 +79,20 @@ def fit(state: TrainState, *, train_step, batches: Iterable, mesh, num_steps: in
       progress.update()
     due = [h for h in hooks if h.due(step, num_steps)]
     flushing = bool(due) or step % log_every == 0 or step == num_steps
-    stop = _stop_requested(step, flushing)
-    if flushing or stop:
+    signal = _stop_requested(step, flushing)
+    if flushing or signal:
       _flush(step, pending, writer, progress, lr)
       pending = []
       for hook in due:
-        hook.fn(step, state)
+        out = hook.fn(step, state)
+        if isinstance(out, TrainState):
+          state = out
       if due and progress is not None:
         progress.throughput(step)   # don't count eval/checkpoint time as training
-    if stop:
-      raise preempt.Preempted(stop, step, state)
+    if signal:
+      raise preempt.Preempted(signal, step, state)
+    if due and stop is not None and stop(step):
+      break
   return state
 
 

@@ -14,7 +14,14 @@ resume work across them as in any run. For each phase `run`
   the run's), and with `fresh_optimizer` restarts its state at the first step;
 - trains to the phase's end (`loop.fit`), evaluating and checkpointing every
   `config.eval_every_steps` / `checkpoint_every_steps` and at the phase's
-  end, with the phase's `at_end(step, state)` hooks in between.
+  end, with the phase's `at_end(step, state)` hooks in between;
+- at every epoch end in the phase, after the eval and before the
+  checkpoint, calls its `epoch_end(step, state)` hooks (one may return a
+  new state) and then asks `until(step, state)`: True ends the phase there
+  (its `at_end` hooks run, it is checkpointed, the next phase starts at that
+  step). So `num_steps` of a phase with `until` is its longest. The early
+  end is kept in the checkpoints (`Experiment.phase_ends`), so a resumed run
+  lays the phases out as the first one did.
 The lr schedule of a phase counts from the phase's first step. On SIGTERM or
 SIGINT (`train.preempt`) it checkpoints the current step and re-raises.
 """
@@ -42,13 +49,17 @@ class Phase:
   optimizer: Callable[[Experiment], tuple] | None = None
   fresh_optimizer: bool = False
   at_end: Sequence[Callable[[int, TrainState], None]] = ()
+  epoch_end: Sequence[Callable[[int, TrainState], TrainState | None]] = ()
+  until: Callable[[int, TrainState], bool] | None = None
 
 
-def bounds(phases: Sequence[Phase]) -> list[int]:
-  """The first step of each phase, and the end of the last."""
+def bounds(phases: Sequence[Phase], ends: dict | None = None) -> list[int]:
+  """The first step of each phase, and the end of the last; `ends` ({phase
+  name: step}) holds the phases that ended early (`Phase.until`)."""
+  ends = ends or {}
   out = [0]
   for phase in phases:
-    out.append(out[-1] + phase.num_steps)
+    out.append(ends.get(phase.name, out[-1] + phase.num_steps))
   return out
 
 
@@ -58,8 +69,11 @@ def run(exp: Experiment, phases: Sequence[Phase], *, objective=None, evaluate=No
   `objective` is the method's (`steps.Objective`); `evaluate` its evaluator
   (default: `exp.evaluator(objective)`). Closes the experiment."""
   c = exp.config
+  names = [p.name for p in phases]
+  if len(set(names)) != len(names):
+    raise ValueError(f"phase names must differ (they key the early ends): {names}")
   evaluate = evaluate or exp.evaluator(objective)
-  edges = bounds(phases)
+  edges = bounds(phases, exp.phase_ends)
   state = exp.state
   progress = exp.progress(desc, total=edges[-1])
   saved = []
@@ -68,6 +82,7 @@ def run(exp: Experiment, phases: Sequence[Phase], *, objective=None, evaluate=No
     saved.append(step)
   try:
     for i, phase in enumerate(phases):
+      edges = bounds(phases, exp.phase_ends)
       begin, end = edges[i], edges[i + 1]
       if int(state.step) >= end:
         continue
@@ -78,13 +93,21 @@ def run(exp: Experiment, phases: Sequence[Phase], *, objective=None, evaluate=No
         state = jax.device_put(state.replace(opt_state=tx.init(state.params)),
                                parallel.replicated(exp.mesh))
       hooks = [Hook(exp.every(c.eval_every_steps), evaluate),
+               *[Hook(exp.steps_per_epoch, fn, at_end=False) for fn in phase.epoch_end],
+               *([Hook(exp.steps_per_epoch, _ender(exp, phase, end), at_end=False)]
+                 if phase.until else []),
                *[Hook(0, fn) for fn in phase.at_end],
                Hook(exp.every(c.checkpoint_every_steps), save)]
       state = fit(state, train_step=exp.train_step(tx, objective),
                   batches=exp.data.train.batches(int(state.step)), mesh=exp.mesh,
                   num_steps=end, writer=exp.writer, log_every=c.log_every_steps,
                   progress=progress, hooks=hooks,
-                  lr=lambda s, b=begin, f=schedule: jax.vmap(f)(s - b))
+                  lr=lambda s, b=begin, f=schedule: jax.vmap(f)(s - b),
+                  stop=lambda step, name=phase.name: exp.phase_ends.get(name) == step)
+      if int(state.step) < end:           # ended early: always a checkpoint at the end
+        if int(state.step) not in saved:
+          save(int(state.step), state)
+        progress.set_total(bounds(phases, exp.phase_ends)[-1])
   except preempt.Preempted as stop:
     if stop.step not in saved:
       save(stop.step, stop.state)
@@ -93,3 +116,13 @@ def run(exp: Experiment, phases: Sequence[Phase], *, objective=None, evaluate=No
     exp.close(progress)
   exp.state = state
   return state
+
+
+def _ender(exp: Experiment, phase: Phase, end: int):
+  """The epoch-end hook that asks `phase.until` and ends the phase early."""
+  def hook(step: int, state: TrainState) -> None:
+    if step < end and phase.until(step, state):
+      exp.phase_ends[phase.name] = step     # before the checkpoint of this step
+      for fn in phase.at_end:
+        fn(step, state)
+  return hook

@@ -150,6 +150,11 @@ class Progress:
     if self._bar is not None:
       self._bar.update(n)
 
+  def set_total(self, total: int) -> None:
+    if self._bar is not None:
+      self._bar.total = total
+      self._bar.refresh()
+
   def throughput(self, step: int) -> float:
     """Images/s since the last call (call it right after a host sync)."""
     now = time.perf_counter()
