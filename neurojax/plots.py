@@ -319,6 +319,63 @@ def plot_eval_matrix(matrix: dict, path: str, title: str = "") -> str:
   return _save(fig, path)
 
 
+def plot_rejuvenation(runs: dict[str, list[dict]], path: str) -> str:
+  """Neural Rejuvenation runs (results.json dicts, by label; seeds in a
+  list): utilisation per sparsify epoch until NR fired, and each layer's
+  width before, alive at NR and after (the seeds' mean)."""
+  plt = _pyplot()
+  fig, (ax_u, ax_w) = plt.subplots(1, 2, figsize=(11, 3.8))
+  for k, (label, results) in enumerate(runs.items()):
+    color = f"C{k}"
+    for i, r in enumerate(results):
+      curve = r["utilisation"]
+      ax_u.plot([c["epoch"] for c in curve], [c["utilisation"] for c in curve], ".-",
+                color=color, alpha=0.8, label=label if i == 0 else None)
+    ax_u.axhline(results[0]["target"], color=color, ls=":", lw=1)
+    fired = [r["surgery"] for r in results if r.get("surgery")]
+    if fired:
+      x = np.arange(len(fired[0]["widths_before"]))
+      mean = lambda key: np.mean([f[key] for f in fired], axis=0)
+      width = 0.8 / len(runs)
+      ax_w.bar(x + k * width, mean("widths_after"), width, color=color, alpha=0.35,
+               label=f"{label}: after NR")
+      ax_w.bar(x + k * width, mean("alive"), width, color=color, label=f"{label}: alive at NR")
+      ax_w.plot(x + k * width, mean("widths_before"), "_", color="k", ms=12,
+                label="before" if k == 0 else None)
+  ax_u.set(xlabel="sparsify epoch", ylabel="utilisation (alive conv weights)",
+           title="until NR fires (dotted: target)")
+  ax_w.set(xlabel="layer (channel group)", ylabel="channels", title="widths")
+  for ax in (ax_u, ax_w):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def rejuvenation_runs(workdirs: list[str]) -> dict[str, list[dict]]:
+  """Finished NR runs' results by model (seeds in a list)."""
+  runs: dict[str, list[dict]] = {}
+  for workdir in workdirs:
+    results = _results(workdir, "utilisation", "rejuvenation")
+    runs.setdefault(results["model"], []).append(results)
+  return runs
+
+
+def _print_rejuvenation(workdirs, out):
+  from neurojax.tables import format_table  # pylint: disable=g-import-not-at-top
+  runs = rejuvenation_runs(workdirs)
+  rows = []
+  for label, results in runs.items():
+    top1 = [100 * r["final"]["top1"] for r in results]
+    fired = [r["surgery"] for r in results if r.get("surgery")]
+    rows.append({"model": label, "runs": len(results), "fired": len(fired),
+                 "sparsify_epochs": float(np.mean([r["sparsify_epochs"] for r in results])),
+                 "params_after": int(np.mean([f["params_after"] for f in fired])) if fired
+                 else None, "top1": float(np.mean(top1)),
+                 "top1_std": float(np.std(top1, ddof=1)) if len(top1) > 1 else 0.0})
+  print(format_table(rows, list(rows[0])))
+  print("\nplot:", plot_rejuvenation(runs, out))
+
+
 def run_method(workdir: str) -> str:
   """The method of a finished run, from its results.json (`method`; runs
   written before it was recorded: from the schema)."""
@@ -375,7 +432,8 @@ def _print_pruning(workdirs, out):
 
 # results.json's `method` -> the summary that compares such runs.
 SUMMARIES = {"supervised": _print_supervised, "prune": _print_pruning,
-             "generations": _print_generations, "kakuritsu": _print_eval_matrix}
+             "generations": _print_generations, "kakuritsu": _print_eval_matrix,
+             "rejuvenation": _print_rejuvenation}
 
 
 def main(argv: list[str]) -> None:

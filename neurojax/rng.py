@@ -9,7 +9,8 @@ A run's keys form a tree (DESIGN.md principle 1):
     │           itself, gate: fold_in 1, mix: fold_in 2, sample: fold_in 3)
     ├── fold_in(seed_key, GENERATIONS) -> fold_in(., g): generation g's re-draw
     ├── fold_in(seed_key, EVAL) -> fold_in(., batch): a stochastic eval's keys
-    └── fold_in(seed_key, EVAL_MATRIX) -> fold_in(., batch): Kakuritsu's eval matrix
+    ├── fold_in(seed_key, EVAL_MATRIX) -> fold_in(., batch): Kakuritsu's eval matrix
+    └── fold_in(seed_key, REJUVENATION) -> fold_in(., 0) -> fold_in(., leaf): NR's new neurons
 
 Purpose keys derived from `state.rng` itself use salts >= 2**31, which no
 step number (an int32 >= 0) reaches, so they never equal a step's key.
@@ -23,6 +24,7 @@ import jax
 GENERATIONS = 7
 EVAL = 0x5EED
 EVAL_MATRIX = 0x6A7E
+REJUVENATION = 0x4E52          # Neural Rejuvenation's new neurons
 
 # Salts folded into state.rng: above every step number.
 PRUNE_RANDOM = 2**31 + 1

@@ -19,4 +19,4 @@ def test_configs_exist():
 def test_config_validates(path):
   config = load_config_file(path)
   validate(config)
-  assert config.method in ("supervised", "prune", "generations", "kakuritsu")
+  assert config.method in ("supervised", "prune", "generations", "kakuritsu", "rejuvenation")

@@ -14,6 +14,7 @@ _METHODS = {
     "prune": "neurojax.methods.prune",
     "generations": "neurojax.methods.generations",
     "kakuritsu": "neurojax.methods.kakuritsu",
+    "rejuvenation": "neurojax.methods.rejuvenation",
 }
 
 

@@ -1,7 +1,7 @@
 """Model registry: `get_model(name, num_classes=..., dtype=..., **options)`."""
 
 from neurojax.models import (  # noqa: F401  (registers the models)
-    convnext, densenet, heads, lenet, resnet, resnet_cifar, vgg)
+    convnext, densenet, heads, lenet, rejuvenated, resnet, resnet_cifar, vgg)
 from neurojax.models.registry import (DTYPES, ChannelGroup, Stages, channel_groups,
                                       build, default_options, get_model, is_backbone, names, options,
                                       register, spec, stages, width_option)
