@@ -49,8 +49,10 @@ def test_no_mixing_is_the_identity_with_lam_one():
 def test_mixup_is_the_convex_combination_with_the_reversed_batch():
   x = _images()
   lams = []
+  cfg = _mix_cfg(mixup_alpha=0.8)
+  mixed = jax.jit(lambda key: mix.mix_batch(key, x, cfg))      # one compile, 200 draws
   for k in range(200):
-    out, lam = mix.mix_batch(jax.random.PRNGKey(k), x, _mix_cfg(mixup_alpha=0.8))
+    out, lam = mixed(jax.random.PRNGKey(k))
     if k < 3:
       chex.assert_trees_all_close(out, lam * x + (1 - lam) * x[::-1], atol=1e-6)
     lams.append(float(lam))
@@ -62,9 +64,10 @@ def test_mixup_is_the_convex_combination_with_the_reversed_batch():
 def test_cutmix_pastes_one_box_and_lam_is_the_uncovered_fraction():
   x = _images(h=16, w=16)
   cutmixed = 0
+  cfg = _mix_cfg(mixup_alpha=0.8, cutmix_alpha=1.0)
+  mixed = jax.jit(lambda key: mix.mix_batch(key, x, cfg))
   for k in range(100):
-    out, lam = mix.mix_batch(jax.random.PRNGKey(k), x, _mix_cfg(mixup_alpha=0.8,
-                                                                 cutmix_alpha=1.0))
+    out, lam = mixed(jax.random.PRNGKey(k))
     changed = np.asarray(jnp.any(out != x, axis=(0, 3)))      # [H, W]
     if changed.all():
       continue    # mixup (0 < lam < 1) changes every pixel

@@ -95,9 +95,11 @@ def test_utilisation_matches_a_hand_count():
 
 
 def test_a_model_whose_groups_feed_a_fixed_layer_is_refused():
-  model, v = _init("resnet164", shape=(8, 8, 3), block_widths=())
+  model = models.get_model("resnet164", num_classes=10)
+  params = jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 3)),
+                                               train=False), jax.random.PRNGKey(0))["params"]
   with pytest.raises(ValueError, match="reads changeable channels but writes fixed"):
-    nr.Graph.of(v["params"], models.channel_groups("resnet164", model), "resnet164")
+    nr.Graph.of(params, models.channel_groups("resnet164", model), "resnet164")
 
 
 def test_l1_adds_lambda_sign_on_the_mask_only_and_changes_without_a_rejit():
@@ -351,14 +353,14 @@ def test_killed_before_and_after_the_surgery_resumes_bit_identical(nr_run, tmp_p
   assert done["final"] == results["final"] and done["utilisation"] == results["utilisation"]
 
 
-def test_two_processes_match_one_across_the_surgery(tmp_path):
-  """2 processes x 2 devices against 1 x 4: BN statistics and the utilisation
-  are over the global batch and params, so they agree, also after the surgery."""
+def test_two_processes_match_one_across_the_surgery(nr_run, tmp_path):
+  """2 processes x 2 devices against the 1-device run: BN statistics and the
+  utilisation are over the global batch and params, so they agree, also
+  after the surgery."""
   import portpicker  # pylint: disable=g-import-not-at-top
-  from cli import TINY, command, env, last_metrics, run  # pylint: disable=g-import-not-at-top
+  from cli import TINY, command, env, last_metrics  # pylint: disable=g-import-not-at-top
   from neurojax.train.experiment import load_run  # pylint: disable=g-import-not-at-top
-  single = tmp_path / "single"
-  run(single, *TINY_NR, devices=4, config=TINY + ":vgg19_nr")
+  single, results = nr_run
   multi = tmp_path / "multi"
   port = portpicker.pick_unused_port()
   procs = [subprocess.Popen(
@@ -371,9 +373,9 @@ def test_two_processes_match_one_across_the_surgery(tmp_path):
   outputs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-4000:]
-  results = [json.loads((w / "results.json").read_text()) for w in (single, multi)]
-  assert results[0]["fired"]
-  assert results[0]["surgery"]["widths_after"] == results[1]["surgery"]["widths_after"]
+  multi_results = json.loads((multi / "results.json").read_text())
+  assert results["fired"] and multi_results["surgery"]["widths_after"] == results["surgery"][
+      "widths_after"]
   _, _, s1 = load_run(str(single))
   _, _, s2 = load_run(str(multi))
   assert int(s1.step) == int(s2.step)
