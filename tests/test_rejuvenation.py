@@ -61,8 +61,8 @@ if "test_nr_net" not in models.names():
 
 def _init(name="test_nr_net", seed=0, shape=SHAPE, **options):
   model = models.get_model(name, num_classes=10, **options)
-  variables = model.init({"params": jax.random.PRNGKey(seed)}, jnp.zeros((1, *shape)),
-                         train=False)
+  variables = jax.jit(lambda k: model.init({"params": k}, jnp.zeros((1, *shape)),
+                                           train=False))(jax.random.PRNGKey(seed))
   return model, jax.device_get(variables)
 
 
@@ -94,12 +94,50 @@ def test_utilisation_matches_a_hand_count():
   assert not alive[0].any() and not alive[1].any()
 
 
-def test_a_model_whose_groups_feed_a_fixed_layer_is_refused():
-  model = models.get_model("resnet164", num_classes=10)
+def test_a_model_whose_groups_feed_an_undeclared_concatenation_is_refused():
+  model = models.get_model("densenet_bc100", num_classes=10)
   params = jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 3)),
                                                train=False), jax.random.PRNGKey(0))["params"]
   with pytest.raises(ValueError, match="reads changeable channels but writes fixed"):
-    nr.Graph.of(params, models.channel_groups("resnet164", model), "resnet164")
+    nr.Graph.of(params, models.all_channel_groups("densenet_bc100", model), "densenet_bc100")
+
+
+@pytest.mark.parametrize("name,width", [("resnet18", 2), ("resnet50", 1)])
+def test_resnet_surgery_widens_the_stream_and_keeps_the_old_logits(name, width):
+  """The residual stream (fixed groups) is never dead and grows by r too,
+  its new channels fed by the new sub-network only."""
+  model, v = _init(name, shape=(8, 8, 3), stem="small", width=width)
+  groups = models.all_channel_groups(name, model)
+  graph = nr.Graph.of(v["params"], groups, name)
+  flat = traverse_util.flatten_dict(v, sep="/")
+  rng = np.random.default_rng(0)
+  for g, scale in zip(graph.groups, graph.scales):
+    if not g.fixed:
+      n = flat["params/" + scale].shape[0]
+      gamma = np.where(rng.random(n) < 0.5, 0.3 + rng.random(n), 1e-6)
+      gamma[0] = 1.0
+      flat["params/" + scale] = gamma.astype(np.float32)
+  for path in flat:
+    if path.endswith("/mean") or (path.endswith("/bias") and "bn" in path):
+      flat[path] = (0.1 * rng.normal(size=flat[path].shape)).astype(np.float32)
+  v = traverse_util.unflatten_dict(flat, sep="/")
+  alive = nr.alive_channels(v["params"], graph)
+  assert all(a.all() for g, a in zip(graph.groups, alive) if g.fixed)
+  live, total = nr.utilisation(v["params"], graph, alive)
+  ratio = float(np.sqrt(total / live))
+  widths = nr.new_widths(alive, ratio)
+  new = nr.rejuvenate(v, graph, alive, widths, jax.random.PRNGKey(3))
+  options = models.group_width_options(name, model, graph.groups, widths)
+  streams = [w for g, w in zip(graph.groups, widths) if g.fixed]
+  assert set(options["stream_widths"]) == set(streams)
+  assert options["stream_widths"][-1] == int(model.streams()[-1] * ratio)
+  base = models.spec(name, num_classes=10, stem="small", width=width, **options)
+  spec = nr.split_spec(base, graph, alive, widths, False)
+  images = jax.random.normal(jax.random.PRNGKey(5), (4, 8, 8, 3))
+  before = jax.jit(model.apply)(_zero_dead(v, graph, alive), images)
+  split = models.build(spec)
+  after = jax.jit(lambda v, x: split.apply(v, x, train=False))(new, images)
+  np.testing.assert_allclose(after[:, split_nn.OLD], before, rtol=1e-4, atol=1e-5)
 
 
 def test_l1_adds_lambda_sign_on_the_mask_only_and_changes_without_a_rejit():

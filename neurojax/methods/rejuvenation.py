@@ -15,10 +15,12 @@ their resources to new ones, and train old and new together.
               config.schedule: loss CE(z_old) + CE(z_new), prediction z_old + z_new
 
 The changeable layers are the model's channel groups (`models.channel_groups`:
-NR's non-fixed convs). A channel is dead if |gamma| < live_threshold * max
+NR's non-fixed convs); a ResNet also declares its residual stream as fixed
+groups (`stream_groups`: NR's fixed convs, the stem, each branch's last conv
+and the downsample convs), which are never sparsified or dead but which the
+surgery widens by r too. A channel is dead if |gamma| < live_threshold * max
 |gamma| in its layer; a layer is dead if max |gamma| < dead_layer_threshold
-or none of its inputs is alive; the other convs (NR's fixed ones: stem,
-residual) are never dead. A conv weight is alive iff its input and output
+or none of its inputs is alive; convs in no group are never dead. A conv weight is alive iff its input and output
 channels are; utilisation = alive conv weights / all conv weights (not the
 classifier or BN), each conv weighted by its output H*W with `flops`.
 
@@ -98,7 +100,7 @@ def _groups(config):
   model = models.get_model(config.model.name, num_classes=10,
                            **{k: v for k, v in config.model.items() if k != "name"})
   try:
-    return model, models.channel_groups(config.model.name, model)
+    return model, models.all_channel_groups(config.model.name, model)
   except ValueError as e:
     raise ValueError(f"config.method='rejuvenation' changes the widths of the model's channel "
                      f"groups: {e}") from None
@@ -150,9 +152,13 @@ class Graph:
       scales.append(scale[0])
       for p, axis in g.followers:
         p = p[len(_P):]
-        if p.endswith("kernel") and p in flat and flat[p].ndim == 4 and axis == 2:
+        if not (p.endswith("kernel") and p in flat):
+          continue
+        if flat[p].ndim == 4 and axis == 2:
           reads[p] = i
-        elif p.endswith("kernel") and p in flat and flat[p].ndim == 2 and axis == 0:
+        elif flat[p].ndim == 4 and axis in (3, -1):     # another writer of a fixed group
+          writes[p] = i
+        elif flat[p].ndim == 2 and axis == 0:
           head = (p, i)
     convs = tuple(Conv(p, reads.get(p), writes.get(p)) for p, x in flat.items()
                   if p.endswith("kernel") and x.ndim == 4)
@@ -160,10 +166,11 @@ class Graph:
       if c.in_group is not None and c.out_group is None:
         raise ValueError(
             f"model {model_name!r}: conv {c.path} reads changeable channels but writes fixed "
-            f"ones (a residual stream or a concatenation), which NR would also widen; the "
-            f"surgery here widens chains of changeable convs only (vgg19_nr, vgg16_nr, "
-            f"vgg19_bn)")
-      if c.out_group is not None and c.in_group is not None and c.in_group >= c.out_group:
+            f"ones it does not declare (a concatenation), which NR would also widen; the "
+            f"surgery here widens chains of changeable convs and residual streams declared as "
+            f"fixed groups (the VGGs, the ResNets)")
+      if c.out_group is not None and c.in_group is not None and c.in_group >= c.out_group \
+          and not groups[c.out_group].fixed and not groups[c.in_group].fixed:
         raise ValueError(f"model {model_name!r}: channel groups must be declared in data-flow "
                          f"order ({c.path})")
     return cls(convs, tuple(groups), tuple(scales), head)
@@ -176,11 +183,16 @@ def alive_channels(params, graph: Graph, live_threshold: float = 0.01,
   input_of = {c.out_group: c.in_group for c in graph.convs if c.out_group is not None}
   alive = []
   for i, scale in enumerate(graph.scales):
+    if graph.groups[i].fixed:            # a residual stream: never dead
+      alive.append(np.ones(flat[scale].shape, bool))
+      continue
     gamma = np.abs(np.asarray(flat[scale], np.float32))
     top = gamma.max()
     keep = gamma >= live_threshold * top
     source = input_of.get(i)
-    if top < dead_layer_threshold or (source is not None and not alive[source].any()):
+    no_input = (source is not None and not graph.groups[source].fixed
+                and not alive[source].any())      # a fixed (stream) input is always alive
+    if top < dead_layer_threshold or no_input:
       keep[:] = False
     alive.append(keep)
   return alive
@@ -312,6 +324,8 @@ def rescale(variables, graph: Graph, t: float):
   flat = {k: np.asarray(v) for k, v in
           traverse_util.flatten_dict(jax.device_get(variables), sep="/").items()}
   for g, scale in zip(graph.groups, graph.scales):
+    if g.fixed:                          # the original leaves the fixed layers alone
+      continue
     gamma = flat[_P + scale]
     c = np.minimum(np.abs(gamma), t)
     on = c > 0
@@ -358,7 +372,8 @@ def predict(model_ref):
 # --- the run ----------------------------------------------------------------
 
 def _scale_mask(graph: Graph):
-  paths = set(graph.scales)
+  """The changeable BN scales (not the fixed layers')."""
+  paths = {s for g, s in zip(graph.groups, graph.scales) if not g.fixed}
   return lambda params: jax.tree_util.tree_map_with_path(
       lambda p, _: path_str(p) in paths, params)
 
@@ -368,7 +383,7 @@ def run(config, workdir: str) -> dict:
   check_model(config)
   nr = config.rejuvenation
   base_name = config.model.name
-  _, groups = _groups(config)      # the config's model's (the widths do not change them)
+  probe, groups = _groups(config)      # the config's model's (the widths do not change them)
   graph_box = {}
 
   def graph_of(params):
@@ -433,7 +448,8 @@ def run(config, workdir: str) -> dict:
     key = jax.random.fold_in(rng.purpose_key(config.seed, rng.REJUVENATION), 0)
     new = rejuvenate(variables, graph, alive, widths, key)
     base = dict(exp.model_spec)
-    base["options"] = dict(base["options"], **{models.width_option(base_name): widths})
+    base["options"] = dict(base["options"], **models.group_width_options(
+        base_name, probe, graph.groups, widths))
     exp.rebuild(split_spec(base, graph, alive, widths, nr.cross_attention))
     logging.info("NR at step %d: utilisation %.4f, r = %.4f, widths %s -> %s (alive %s)",
                  int(state.step), u, ratio, [a.size for a in alive], widths,

@@ -2,10 +2,12 @@
 
 from neurojax.models import (  # noqa: F401  (registers the models)
     convnext, densenet, heads, lenet, rejuvenated, resnet, resnet_cifar, vgg)
-from neurojax.models.registry import (DTYPES, ChannelGroup, Stages, channel_groups,
+from neurojax.models.registry import (DTYPES, ChannelGroup, Stages, all_channel_groups,
+                                      channel_groups, group_width_options,
                                       build, default_options, get_model, is_backbone, names, options,
                                       register, spec, stages, width_option)
 
-__all__ = ["DTYPES", "ChannelGroup", "Stages", "build", "channel_groups", "default_options",
+__all__ = ["DTYPES", "ChannelGroup", "Stages", "all_channel_groups", "build", "channel_groups",
+           "group_width_options", "default_options",
            "get_model", "is_backbone", "names", "options", "register", "spec", "stages",
            "width_option"]

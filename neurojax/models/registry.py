@@ -67,6 +67,7 @@ class ChannelGroup:
   ("params/block/conv1/kernel")."""
   producer: str
   followers: tuple[tuple[str, int], ...] = ()
+  fixed: bool = False     # never pruned or found dead (a residual stream: `stream_groups`)
 
 
 def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
@@ -77,6 +78,24 @@ def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
     raise ValueError(f"model {name!r} declares no prunable channel groups, so structured "
                      f"(channel) pruning cannot slim it; models that do: {', '.join(with_groups)}")
   return groups(model)
+
+
+def all_channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
+  """The changeable channel groups, then the fixed ones a model declares
+  (`stream_groups`: e.g. a ResNet's residual stream), for surgery that
+  widens every layer."""
+  streams = getattr(_MODELS[name], "stream_groups", None)
+  return channel_groups(name, model) + (streams(model) if streams else [])
+
+
+def group_width_options(name: str, model: nn.Module, groups, widths) -> dict:
+  """The model options that give `groups` (`all_channel_groups`) `widths`."""
+  mapping = getattr(_MODELS[name], "nr_options", None)
+  if mapping is not None:
+    return mapping(model, groups, widths)
+  if any(g.fixed for g in groups):
+    raise ValueError(f"model {name!r} declares fixed channel groups but no nr_options")
+  return {width_option(name): tuple(widths)}
 
 
 @dataclasses.dataclass(frozen=True)

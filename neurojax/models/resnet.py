@@ -30,7 +30,10 @@ int); a flat tuple with one int per channel group (what structured pruning's
 `slim` returns) is read block by block. () keeps the standard widths, and the
 params are then exactly as without the option. `channel_groups` declares those
 inner channels; the stem, each branch's last conv, the downsample convs and
-so the residual stream are not in any group.
+so the residual stream are not in any group. `stream_widths` (the stem's,
+then each stage's output width) sets the residual stream's widths, and
+`stream_groups` declares the stream as fixed groups, for Neural
+Rejuvenation's surgery, which widens it too.
 
 resnet164 is Neural Rejuvenation's CIFAR ResNet-164 (Qiao et al., CVPR 2019;
 the NeuralRejuvenation-CVPR19 code's models/cifar/resnet.py, run as
@@ -78,10 +81,11 @@ class Block(nn.Module):
   dtype: Any
   init: Any
   inner: tuple[int, ...] = ()       # conv1's (and a Bottleneck's conv2's) outputs; () = width
+  out_width: int = 0                # the block's output (the stream); 0 = width x expansion
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = self.width * (4 if self.bottleneck else 1)
+    out = self.out_width or self.width * (4 if self.bottleneck else 1)
     w1, w2 = self.inner + (self.width,) * (2 - len(self.inner))
     if self.bottleneck:
       shapes = [(w1, 1, 1), (w2, 3, self.stride), (out, 1, 1)]
@@ -110,27 +114,38 @@ class ResNet(nn.Module):
   width: int = 64                   # the stem's and layer1's width; later stages double it
   dtype: Any = jnp.float32
   block_widths: tuple[tuple[int, ...], ...] = ()    # per block (see the module docstring)
+  stream_widths: tuple[int, ...] = ()   # the stem's and each stage's output; () = standard
 
   def blocks(self) -> list[tuple[str, int, int]]:
     """(name, width, stride) of every block, in order."""
     return [(f"layer{stage + 1}_{b}", self.width * 2**stage, 2 if stage > 0 and b == 0 else 1)
             for stage, count in enumerate(self.layers) for b in range(count)]
 
+  def streams(self) -> tuple[int, ...]:
+    """The residual stream's width after the stem and after each stage."""
+    if self.stream_widths:
+      return tuple(self.stream_widths)
+    expansion = 4 if self.bottleneck else 1
+    return (self.width,) + tuple(self.width * 2**s * expansion for s in range(len(self.layers)))
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     init = CONV_INITS[self.conv_init]
+    streams = self.streams()
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = conv(self.width, 7, 2, self.dtype, init, "conv1")(x)
+      x = conv(streams[0], 7, 2, self.dtype, init, "conv1")(x)
     else:
-      x = conv(self.width, 3, 1, self.dtype, init, "conv1")(x)
+      x = conv(streams[0], 3, 1, self.dtype, init, "conv1")(x)
     x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
     if self.stem == "imagenet":
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
     blocks = self.blocks()
     for k, (name, width, stride) in enumerate(blocks):
       inner = self.block_widths[k] if self.block_widths else ()
-      x = Block(width, stride, self.bottleneck, self.dtype, init, inner, name=name)(x, train)
+      stage = int(name[len("layer"):].split("_")[0])
+      x = Block(width, stride, self.bottleneck, self.dtype, init, inner, streams[stage],
+                name=name)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if not self.num_classes:          # a backbone: the pooled features (torchvision's fc=Identity)
       return x
@@ -149,6 +164,48 @@ def channel_groups(model: ResNet) -> list[ChannelGroup]:
           (f"batch_stats/{name}/bn{i}/mean", 0), (f"batch_stats/{name}/bn{i}/var", 0),
           (f"params/{name}/conv{i + 1}/kernel", 2))))
   return groups
+
+
+def stream_groups(model: ResNet) -> list[ChannelGroup]:
+  """The residual stream as fixed channel groups (Neural Rejuvenation widens
+  them; nothing prunes them): one per stretch between two downsample convs,
+  written by the stem or a downsample conv and every block's last conv (their
+  BNs), read by the next blocks' first convs and downsample convs, or the fc."""
+  last = "conv3" if model.bottleneck else "conv2"
+  streams = model.streams()
+  bn = lambda prefix: ((f"params/{prefix}/scale", 0), (f"params/{prefix}/bias", 0),
+                       (f"batch_stats/{prefix}/mean", 0), (f"batch_stats/{prefix}/var", 0))
+  segments = [["params/conv1/kernel", list(bn("bn1"))]]      # [producer, followers]
+  width = streams[0]
+  for name, _, stride in model.blocks():
+    stage = int(name[len("layer"):].split("_")[0])
+    reads = [(f"params/{name}/conv1/kernel", 2)]
+    if stride != 1 or width != streams[stage]:       # a downsample: a new stretch starts
+      reads.append((f"params/{name}/downsample_conv/kernel", 2))
+      segments[-1][1] += reads
+      segments.append([f"params/{name}/downsample_conv/kernel",
+                       list(bn(f"{name}/downsample_bn"))])
+    else:
+      segments[-1][1] += reads
+    segments[-1][1] += [(f"params/{name}/{last}/kernel", 3), *bn(f"{name}/bn{last[-1]}")]
+    width = streams[stage]
+  if model.num_classes:
+    segments[-1][1].append(("params/fc/kernel", 0))
+  return [ChannelGroup(p, tuple(f), fixed=True) for p, f in segments]
+
+
+def nr_options(model: ResNet, groups, widths) -> dict:
+  """The options that give `groups` (channel_groups + stream_groups) these
+  widths: block_widths, and stream_widths per stage."""
+  inner = [w for g, w in zip(groups, widths) if not g.fixed]
+  by_producer = {g.producer: w for g, w in zip(groups, widths) if g.fixed}
+  streams, current = [], by_producer["params/conv1/kernel"]
+  streams.append(current)
+  for stage in range(1, len(model.layers) + 1):
+    producer = f"params/layer{stage}_0/downsample_conv/kernel"
+    current = by_producer.get(producer, current)
+    streams.append(current)
+  return {"block_widths": tuple(inner), "stream_widths": tuple(streams)}
 
 
 def per_block_widths(widths, layers: tuple[int, ...], bottleneck: bool) -> tuple:
@@ -177,7 +234,7 @@ def _resnet(depth: int):
 
   def factory(num_classes: int = 1000, dtype: Any = jnp.float32, stem: str = "imagenet",
               conv_init: str = "fan_in", fc_init: str = "torch_default", width: int = 64,
-              block_widths: tuple = ()):
+              block_widths: tuple = (), stream_widths: tuple = ()):
     if width < 1:
       raise ValueError(f"config.model.width={width} must be >= 1 (64 is torchvision's)")
     if stem not in STEMS:
@@ -191,12 +248,23 @@ def _resnet(depth: int):
                        f"{', '.join(FC_INITS)}")
     return ResNet(layers=layers, bottleneck=bottleneck, num_classes=num_classes, stem=stem,
                   conv_init=conv_init, fc_init=fc_init, width=width, dtype=dtype,
-                  block_widths=per_block_widths(block_widths, layers, bottleneck))
+                  block_widths=per_block_widths(block_widths, layers, bottleneck),
+                  stream_widths=_streams(stream_widths, layers))
   factory.backbone = True
   factory.stages = STAGES
   factory.channel_groups = channel_groups
+  factory.stream_groups = stream_groups
+  factory.nr_options = nr_options
   factory.width_option = "block_widths"
   return factory
+
+
+def _streams(widths, layers) -> tuple:
+  widths = tuple(int(w) for w in widths)
+  if widths and (len(widths) != len(layers) + 1 or min(widths) < 1):
+    raise ValueError(f"config.model.stream_widths={widths} must be {len(layers) + 1} widths "
+                     f">= 1 (the stem's, then each stage's output), or empty (the standard)")
+  return widths
 
 
 for _depth in _DEPTHS:
@@ -205,14 +273,15 @@ for _depth in _DEPTHS:
 
 @register("resnet164")
 def resnet164(num_classes: int = 10, dtype: Any = jnp.float32, width: int = 16,
-              block_widths: tuple = ()) -> ResNet:
+              block_widths: tuple = (), stream_widths: tuple = ()) -> ResNet:
   """Neural Rejuvenation's CIFAR ResNet-164 (see the module docstring)."""
   if width < 1:
     raise ValueError(f"config.model.width={width} must be >= 1 (16 is the original's)")
   layers = (18, 18, 18)
   return ResNet(layers=layers, bottleneck=True, num_classes=num_classes, stem="small",
                 conv_init="fan_out", fc_init="kaiming_normal_fan_out", width=width, dtype=dtype,
-                block_widths=per_block_widths(block_widths, layers, True))
+                block_widths=per_block_widths(block_widths, layers, True),
+                stream_widths=_streams(stream_widths, layers))
 
 
 resnet164.backbone = True
@@ -220,4 +289,6 @@ resnet164.stages = Stages((("stem", r"conv1|bn1"),) +
                           tuple((f"layer{k}", rf"layer{k}_\d+") for k in range(1, 4)) +
                           (("fc", "fc"),))
 resnet164.channel_groups = channel_groups
+resnet164.stream_groups = stream_groups
+resnet164.nr_options = nr_options
 resnet164.width_option = "block_widths"
