@@ -29,35 +29,8 @@ and lambda 2.5e-4 as the original's results table).
 The paper's error: 5.13% on CIFAR-10, 23.84% on CIFAR-100.
 """
 
-from neurojax.config import base_config
-
-
-SPARSITY = {"cifar10": 1.5e-4, "cifar100": 2.5e-4}     # the original's results table
+from neurojax.config import sibling_config
 
 
 def get_config(dataset="cifar10"):
-  c = base_config("resnet164")
-  c.method = "rejuvenation"
-  c.data.source = "tfds"
-  c.data.name = dataset
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mean = (0.4914, 0.4822, 0.4465)
-  c.data.std = (0.2023, 0.1994, 0.2010)
-  c.batch_size = 64
-  c.num_epochs = 300.0                   # after NR
-  c.optimizer.name = "sgd"
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = "multistep"
-  c.schedule.lr = 0.1
-  c.schedule.milestones = (150, 225)
-  c.schedule.gamma = 0.1
-  c.checkpoint_every_steps = 0           # every epoch
-  c.rejuvenation.sparsity = SPARSITY[dataset]
-  c.rejuvenation.target = 0.25
-  c.rejuvenation.cross_attention = False
-  c.rejuvenation.max_sparsify_epochs = 300
-  return c
+  return sibling_config(__file__, "nr_vgg19_cifar10", dataset, "resnet164")

@@ -25,41 +25,8 @@ The paper's top-1 error: 22.93% (ResNet-18 28.86, ResNet-34 25.77, ResNet-101
 21.22: --config.model.name=resnet18|34|101).
 """
 
-from neurojax.config import base_config
+from neurojax.config import sibling_config
 
 
 def get_config():
-  c = base_config("resnet50")
-  c.method = "rejuvenation"
-  c.data.source = "tfds"
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
-  c.data.eval_resize = 256
-  c.data.random_resized_crop = True
-  c.data.flip = True
-  c.data.mean = (0.485, 0.456, 0.406)
-  c.data.std = (0.229, 0.224, 0.225)
-  c.data.num_threads = 32
-  c.data.prefetch = 4
-  c.batch_size = 128
-  c.eval_batch_size = 250
-  c.num_epochs = 100.0                   # after NR
-  c.optimizer.name = "sgd"
-  c.optimizer.momentum = 0.9
-  c.optimizer.weight_decay = 1e-4
-  c.schedule.name = "multistep"
-  c.schedule.lr = 0.1
-  c.schedule.milestones = (30, 60, 90)
-  c.schedule.gamma = 0.1
-  c.log_every_steps = 200
-  c.checkpoint_every_steps = 2000
-  c.rejuvenation.sparsity = 0.0
-  c.rejuvenation.sparsity_growth = 5e-5
-  c.rejuvenation.growth_threshold = 0.01
-  c.rejuvenation.target = 0.5
-  c.rejuvenation.cross_attention = True
-  c.rejuvenation.rescale = 0.5
-  c.rejuvenation.max_sparsify_epochs = 100
-  return c
+  return sibling_config(__file__, "nr_vgg16_imagenet", "resnet50")

@@ -24,8 +24,9 @@ The paper's top-1 error: 23.11% (ResNet-50: configs/nr_resnet50_imagenet.py).
 from neurojax.config import base_config
 
 
-def get_config():
-  c = base_config("vgg16_nr")
+def get_config(model="vgg16_nr"):
+  """The recipe for `model` (configs/nr_resnet50_imagenet.py: resnet50)."""
+  c = base_config(model)
   c.method = "rejuvenation"
   c.data.source = "tfds"
   c.data.name = "imagenet2012"

@@ -30,11 +30,14 @@ The paper's error: 4.19% on CIFAR-10, 21.53% on CIFAR-100.
 from neurojax.config import base_config
 
 
-SPARSITY = {"cifar10": 1.5e-4, "cifar100": 3e-4}     # the original's results table
+# lambda by model and dataset: the original's results table
+SPARSITY = {("vgg19_nr", "cifar10"): 1.5e-4, ("vgg19_nr", "cifar100"): 3e-4,
+            ("resnet164", "cifar10"): 1.5e-4, ("resnet164", "cifar100"): 2.5e-4}
 
 
-def get_config(dataset="cifar10"):
-  c = base_config("vgg19_nr")
+def get_config(dataset="cifar10", model="vgg19_nr"):
+  """The recipe for `model` (configs/nr_resnet164_cifar10.py: resnet164)."""
+  c = base_config(model)
   c.method = "rejuvenation"
   c.data.source = "tfds"
   c.data.name = dataset
@@ -54,7 +57,7 @@ def get_config(dataset="cifar10"):
   c.schedule.milestones = (150, 225)
   c.schedule.gamma = 0.1
   c.checkpoint_every_steps = 0           # every epoch
-  c.rejuvenation.sparsity = SPARSITY[dataset]
+  c.rejuvenation.sparsity = SPARSITY[model, dataset]
   c.rejuvenation.target = 0.25
   c.rejuvenation.cross_attention = False
   c.rejuvenation.max_sparsify_epochs = 300
