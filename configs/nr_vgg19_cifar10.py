@@ -32,11 +32,13 @@ from neurojax.config import base_config
 
 # lambda by model and dataset: the original's results table
 SPARSITY = {("vgg19_nr", "cifar10"): 1.5e-4, ("vgg19_nr", "cifar100"): 3e-4,
-            ("resnet164", "cifar10"): 1.5e-4, ("resnet164", "cifar100"): 2.5e-4}
+            ("resnet164", "cifar10"): 1.5e-4, ("resnet164", "cifar100"): 2.5e-4,
+            ("densenet_bc100", "cifar10"): 1e-4, ("densenet_bc100", "cifar100"): 2e-4}
 
 
 def get_config(dataset="cifar10", model="vgg19_nr"):
-  """The recipe for `model` (configs/nr_resnet164_cifar10.py: resnet164)."""
+  """The recipe for `model` (configs/nr_resnet164_cifar10.py: resnet164,
+  configs/nr_densenet100_cifar10.py: densenet_bc100)."""
   c = base_config(model)
   c.method = "rejuvenation"
   c.data.source = "tfds"

@@ -94,23 +94,23 @@ def test_utilisation_matches_a_hand_count():
   assert not alive[0].any() and not alive[1].any()
 
 
-def test_a_model_whose_groups_feed_an_undeclared_concatenation_is_refused():
+def test_a_conv_into_an_undeclared_concatenation_is_refused():
   model = models.get_model("densenet_bc100", num_classes=10)
   params = jax.eval_shape(lambda k: model.init({"params": k}, jnp.zeros((1, 8, 8, 3)),
                                                train=False), jax.random.PRNGKey(0))["params"]
   with pytest.raises(ValueError, match="reads changeable channels but writes fixed"):
-    nr.Graph.of(params, models.all_channel_groups("densenet_bc100", model), "densenet_bc100")
+    nr.Graph.of(params, models.channel_groups("densenet_bc100", model), "densenet_bc100")
+  no_stem = [g for g in models.all_channel_groups("densenet_bc100", model)
+             if g.producer != "params/conv0/kernel"]
+  with pytest.raises(ValueError, match=r"channels \[0, 80\) of the input axis of block1_layer\d+/conv1"):
+    nr.Graph.of(params, no_stem, "densenet_bc100")
 
 
-@pytest.mark.parametrize("name,width", [("resnet18", 2), ("resnet50", 1)])
-def test_resnet_surgery_widens_the_stream_and_keeps_the_old_logits(name, width):
-  """The residual stream (fixed groups) is never dead and grows by r too,
-  its new channels fed by the new sub-network only."""
-  model, v = _init(name, shape=(8, 8, 3), stem="small", width=width)
-  groups = models.all_channel_groups(name, model)
-  graph = nr.Graph.of(v["params"], groups, name)
+def _random_gammas(v, graph, seed=0):
+  """Every changeable BN scale: about half its channels dead (1e-6), the
+  rest 0.3..1.3; random BN biases and running means."""
   flat = traverse_util.flatten_dict(v, sep="/")
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   for g, scale in zip(graph.groups, graph.scales):
     if not g.fixed:
       n = flat["params/" + scale].shape[0]
@@ -120,19 +120,90 @@ def test_resnet_surgery_widens_the_stream_and_keeps_the_old_logits(name, width):
   for path in flat:
     if path.endswith("/mean") or (path.endswith("/bias") and "bn" in path):
       flat[path] = (0.1 * rng.normal(size=flat[path].shape)).astype(np.float32)
-  v = traverse_util.unflatten_dict(flat, sep="/")
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _widen(name, model, v, graph, cross_attention=False, **options):
   alive = nr.alive_channels(v["params"], graph)
-  assert all(a.all() for g, a in zip(graph.groups, alive) if g.fixed)
   live, total = nr.utilisation(v["params"], graph, alive)
   ratio = float(np.sqrt(total / live))
   widths = nr.new_widths(alive, ratio)
   new = nr.rejuvenate(v, graph, alive, widths, jax.random.PRNGKey(3))
-  options = models.group_width_options(name, model, graph.groups, widths)
+  wopts = models.group_width_options(name, model, graph.groups, widths)
+  base = models.spec(name, num_classes=10, **options, **wopts)
+  return alive, ratio, widths, new, wopts, nr.split_spec(base, graph, alive, widths,
+                                                          cross_attention)
+
+
+def test_densenet_surgery_widens_the_concatenations_segment_by_segment():
+  """Every conv of a DenseNet changes width (the stem, conv1, conv2, the
+  transitions); an input that concatenates several layers holds each
+  layer's survivors then its new channels; the old sub-network computes
+  the sparsified net. The growth is sqrt(1/u), not int(sqrt(1/u)) (the
+  original's DenseNet: no regrowth above u = 0.25)."""
+  name, options = "densenet_bc100", dict(growth_rate=2)
+  model, v = _init(name, shape=(8, 8, 3), **options)
+  graph = nr.Graph.of(v["params"], models.all_channel_groups(name, model), name)
+  assert len(graph.groups) == 1 + 2 * 48 + 2 and not any(g.fixed for g in graph.groups)
+  layer2 = next(c for c in graph.convs if c.path == "block1_layer2/conv1/kernel")
+  assert [graph.groups[i].producer for i, _ in layer2.inputs] == [
+      "params/conv0/kernel", "params/block1_layer1/conv2/kernel"]
+  assert [o for _, o in layer2.inputs] == [0, 4]           # the stem's 2k = 4, then k = 2
+  v = _random_gammas(v, graph)
+  # A layer is dead when none of its inputs is alive: layer 1's conv1 dead
+  # kills its conv2 (it reads only that), not layer 2's conv1 (the stem too).
+  flat = traverse_util.flatten_dict(v, sep="/")
+  flat["params/block1_layer1/bn1/scale"] = np.full(8, 1e-4, np.float32)
+  alive = nr.alive_channels(traverse_util.unflatten_dict(flat, sep="/")["params"], graph)
+  by = {g.producer: a for g, a in zip(graph.groups, alive)}
+  assert not by["params/block1_layer1/conv2/kernel"].any()
+  assert by["params/block1_layer2/conv1/kernel"].any() and by["params/conv0/kernel"].any()
+  alive, ratio, widths, new, wopts, spec = _widen(name, model, v, graph, **options)
+  assert 1 < ratio < 2 and max(widths) > 1                      # regrowth below 2x
+  width_of = {g.producer: w for g, w in zip(graph.groups, widths)}
+  assert wopts["stem_width"] == width_of["params/conv0/kernel"]
+  assert wopts["transition_widths"][1] == width_of["params/transition2/conv/kernel"]
+  assert len(wopts["growth_widths"]) == len(wopts["bottleneck_widths"]) == 48
+  # layer 2's conv1 input: [stem old | stem new | layer-1 conv2 old | its new]
+  f_old = traverse_util.flatten_dict(v, sep="/")
+  f_new = traverse_util.flatten_dict(jax.device_get(new), sep="/")
+  by = {g.producer: (a, w) for g, a, w in zip(graph.groups, alive, widths)}
+  (a0, w0), (a1, w1) = by["params/conv0/kernel"], by["params/block1_layer1/conv2/kernel"]
+  (a2, w2) = by["params/block1_layer2/conv1/kernel"]
+  k = f_new["params/block1_layer2/conv1/kernel"]
+  assert k.shape[2:] == (w0 + w1, w2)
+  put = np.concatenate([np.arange(a0.sum()), w0 + np.arange(a1.sum())])
+  take = np.concatenate([np.flatnonzero(a0), 4 + np.flatnonzero(a1)])
+  np.testing.assert_array_equal(k[:, :, put][..., :a2.sum()],
+                                f_old["params/block1_layer2/conv1/kernel"][:, :, take][
+                                    ..., np.flatnonzero(a2)])             # bit-exact
+  old_in = split_nn.old_mask(dict((m, i) for m, i, _ in spec["options"]["splits"])[
+      "block1_layer2/conv1"], w0 + w1)
+  assert not k[:, :, old_in][..., a2.sum():].any() and not k[:, :, ~old_in][..., :a2.sum()].any()
+  images = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
+  apply = jax.jit(model.apply)
+  before = apply(_zero_dead(v, graph, alive), images)
+  split = models.build(spec)
+  after = jax.jit(lambda v, x: split.apply(v, x, train=False))(new, images)
+  np.testing.assert_allclose(after[:, split_nn.OLD], before, rtol=1e-4, atol=1e-5)
+  # Neural rescaling scales each reader of a concatenation at its offset.
+  np.testing.assert_allclose(apply(nr.rescale(v, graph, 0.5), images), apply(v, images),
+                             rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,width", [("resnet18", 2), ("resnet50", 1)])
+def test_resnet_surgery_widens_the_stream_and_keeps_the_old_logits(name, width):
+  """The residual stream (fixed groups) is never dead and grows by r too,
+  its new channels fed by the new sub-network only."""
+  model, v = _init(name, shape=(8, 8, 3), stem="small", width=width)
+  graph = nr.Graph.of(v["params"], models.all_channel_groups(name, model), name)
+  v = _random_gammas(v, graph)
+  alive, ratio, widths, new, options, spec = _widen(name, model, v, graph, stem="small",
+                                                    width=width)
+  assert all(a.all() for g, a in zip(graph.groups, alive) if g.fixed)
   streams = [w for g, w in zip(graph.groups, widths) if g.fixed]
   assert set(options["stream_widths"]) == set(streams)
   assert options["stream_widths"][-1] == int(model.streams()[-1] * ratio)
-  base = models.spec(name, num_classes=10, stem="small", width=width, **options)
-  spec = nr.split_spec(base, graph, alive, widths, False)
   images = jax.random.normal(jax.random.PRNGKey(5), (4, 8, 8, 3))
   before = jax.jit(model.apply)(_zero_dead(v, graph, alive), images)
   split = models.build(spec)
@@ -219,9 +290,8 @@ def test_surgery_copies_survivors_draws_new_and_zeroes_the_cross_blocks():
   k3 = f_new["params/conv3/kernel"]
   assert k3.shape == (1, 1, n0, n1)
   assert not k3[:, :, :a0, a1:].any() and not k3[:, :, a0:, :a1].any()
-  assert spec["options"]["splits"] == [("conv3", a0, a1)] or \
-      spec["options"]["splits"] == [["conv3", a0, a1]]
-  assert spec["options"]["head"][1] == a1
+  assert spec["options"]["splits"] == [["conv3", [[0, a0]], a1]]
+  assert spec["options"]["head"][1] == [[0, a1]]
 
 
 def test_surgery_with_many_new_channels_draws_them_as_the_original():
@@ -280,7 +350,8 @@ def test_both_training_schemes_match_a_hand_computation(cross_attention):
   base = _MLP()
   x = jax.random.normal(jax.random.PRNGKey(0), (5, 2))
   v = base.init(jax.random.PRNGKey(1), x)
-  model = split_nn.Rejuvenated(base, splits=(("l2", 2, 2),), head=("fc", 2),
+  old = [[0, 2]] if cross_attention else 2       # a count, or [start, stop) ranges
+  model = split_nn.Rejuvenated(base, splits=(("l2", old, 2),), head=("fc", old),
                                cross_attention=cross_attention)
   p = jax.tree.map(np.asarray, v["params"])
   h = np.maximum(x @ p["l1"]["kernel"] + p["l1"]["bias"], 0)
@@ -361,6 +432,7 @@ def test_the_method_fires_rebuilds_once_and_reports(nr_run):
   assert results["fired"] and results["surgery"]["epoch"] == 1
   s = results["surgery"]
   assert s["widths_after"] == [max(1, int(a * s["ratio"])) for a in s["alive"]]
+  assert s["groups"] == [f"conv{i}" for i in range(1, 17)]
   assert results["train_step_compiles"] == 2      # before the surgery and after, no more
   assert [r["epoch"] for r in results["utilisation"]] == list(range(1, s["epoch"] + 1))
   assert results["utilisation"][-1]["utilisation"] <= 0.9 < results["utilisation"][0][

@@ -18,13 +18,23 @@ The changeable layers are the model's channel groups (`models.channel_groups`:
 NR's non-fixed convs); a ResNet also declares its residual stream as fixed
 groups (`stream_groups`: NR's fixed convs, the stem, each branch's last conv
 and the downsample convs), which are never sparsified or dead but which the
-surgery widens by r too. A channel is dead if |gamma| < live_threshold * max
-|gamma| in its layer; a layer is dead if max |gamma| < dead_layer_threshold
-or none of its inputs is alive; convs in no group are never dead. A conv weight is alive iff its input and output
+surgery widens by r too. A DenseNet declares its concatenated channels (the
+stem's, each conv2's, the transitions') as groups its later layers read at
+an offset (`ChannelGroup.concat_readers`): there an input axis holds several
+groups, each laid out survivors first, then new channels. A channel is dead
+if |gamma| < live_threshold * max |gamma| in its layer; a layer is dead if
+max |gamma| < dead_layer_threshold or none of its inputs is alive; convs in
+no group are never dead. A conv weight is alive iff its input and output
 channels are; utilisation = alive conv weights / all conv weights (not the
 classifier or BN), each conv weighted by its output H*W with `flops`.
 
 Where this differs from the original code, on purpose:
+- r = sqrt(all / alive) on every model: the original's DenseNet takes
+  int(sqrt(...)), so nothing regrows when utilisation ends between 0.25
+  and 1;
+- a DenseNet's concatenated input is [old | new] per layer, where the
+  original orders all old channels, then all new (a permutation of the
+  same network);
 - a layer left with no survivor gets one new channel (the original's
   `rejuvenate` returns None there and the block is dropped);
 - the prediction counts the classifier bias once (the original adds it to
@@ -117,12 +127,23 @@ def check_model(config) -> None:
 
 # --- the layers NR sees ---------------------------------------------------
 
+Inputs = tuple[tuple[int, int], ...]     # (group, offset) per segment of an input axis
+
+
+def _readers(group: models.ChannelGroup):
+  """(path, axis, offset) of every leaf that holds the group's channels,
+  the producer's outputs first."""
+  return [(group.producer, -1, 0), *((p, a, 0) for p, a in group.followers),
+          *group.concat_readers]
+
+
 @dataclasses.dataclass(frozen=True)
 class Conv:
-  """A conv kernel ('/'-joined path in params) and the channel group its
-  inputs and outputs belong to (None: not changeable, all alive)."""
+  """A conv kernel ('/'-joined path in params), the channel groups its
+  input axis holds ((group, offset) each; empty: the image or other
+  unchangeable channels, all alive) and the group it writes (None: none)."""
   path: str
-  in_group: int | None
+  inputs: Inputs
   out_group: int | None
 
   @property
@@ -133,16 +154,16 @@ class Conv:
 @dataclasses.dataclass(frozen=True)
 class Graph:
   """The convs, the changeable groups (each with its BN scale) and the
-  classifier that reads the last group."""
+  classifier that reads the last groups."""
   convs: tuple[Conv, ...]
   groups: tuple[models.ChannelGroup, ...]
   scales: tuple[str, ...]            # each group's BN scale, path in params
-  head: tuple[str, int] | None       # (classifier kernel path, the group it reads)
+  head: tuple[str, Inputs] | None    # (classifier kernel path, the groups it reads)
 
   @classmethod
   def of(cls, params, groups, model_name: str = "") -> "Graph":
     flat = traverse_util.flatten_dict(params, sep="/")
-    writes, reads, head, scales = {}, {}, None, []
+    writes, reads, head, scales = {}, {}, {}, []
     for i, g in enumerate(groups):
       writes[g.producer[len(_P):]] = i
       scale = [p[len(_P):] for p, a in g.followers if p.startswith(_P) and p.endswith("/scale")]
@@ -150,29 +171,44 @@ class Graph:
         raise ValueError(f"model {model_name!r}: channel group {g.producer} has no BatchNorm "
                          f"scale, which NR reads its dead neurons from")
       scales.append(scale[0])
-      for p, axis in g.followers:
+      for p, axis, offset in _readers(g)[1:]:
         p = p[len(_P):]
         if not (p.endswith("kernel") and p in flat):
           continue
         if flat[p].ndim == 4 and axis == 2:
-          reads[p] = i
+          reads.setdefault(p, []).append((i, offset))
         elif flat[p].ndim == 4 and axis in (3, -1):     # another writer of a fixed group
           writes[p] = i
         elif flat[p].ndim == 2 and axis == 0:
-          head = (p, i)
-    convs = tuple(Conv(p, reads.get(p), writes.get(p)) for p, x in flat.items()
-                  if p.endswith("kernel") and x.ndim == 4)
+          head.setdefault(p, []).append((i, offset))
+    width = lambda i: flat[groups[i].producer[len(_P):]].shape[-1]
+
+    def inputs(path, segments, n_in) -> Inputs:
+      segments = tuple(sorted(segments, key=lambda s: s[1]))
+      at = 0
+      for i, offset in segments:
+        if offset != at:
+          break
+        at += width(i)
+      if segments and at != n_in:
+        gap = next((o for _, o in segments if o > at), n_in)
+        raise ValueError(
+            f"model {model_name!r}: channels [{at}, {gap}) of the input axis of {path} ({n_in} "
+            f"channels) are in no channel group it reads; declare every channel it reads "
+            f"(ChannelGroup.followers or concat_readers)")
+      return segments
+    convs = tuple(Conv(p, inputs(p, reads.get(p, ()), x.shape[2]), writes.get(p))
+                  for p, x in flat.items() if p.endswith("kernel") and x.ndim == 4)
     for c in convs:
-      if c.in_group is not None and c.out_group is None:
+      if c.inputs and c.out_group is None:
         raise ValueError(
             f"model {model_name!r}: conv {c.path} reads changeable channels but writes fixed "
-            f"ones it does not declare (a concatenation), which NR would also widen; the "
-            f"surgery here widens chains of changeable convs and residual streams declared as "
-            f"fixed groups (the VGGs, the ResNets)")
-      if c.out_group is not None and c.in_group is not None and c.in_group >= c.out_group \
-          and not groups[c.out_group].fixed and not groups[c.in_group].fixed:
-        raise ValueError(f"model {model_name!r}: channel groups must be declared in data-flow "
-                         f"order ({c.path})")
+            f"ones it does not declare (e.g. into an undeclared concatenation), which NR would "
+            f"also widen; declare its outputs as a channel group (`stream_groups`)")
+    if len(head) > 1:
+      raise ValueError(f"model {model_name!r}: channel groups are read by several dense "
+                       f"layers ({', '.join(head)}); NR splits one classifier")
+    head = next(((p, inputs(p, s, flat[p].shape[0])) for p, s in head.items()), None)
     return cls(convs, tuple(groups), tuple(scales), head)
 
 
@@ -180,22 +216,34 @@ def alive_channels(params, graph: Graph, live_threshold: float = 0.01,
                    dead_layer_threshold: float = 1e-3) -> list[np.ndarray]:
   """bool [C] per group: the channels NR keeps (host arrays)."""
   flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-  input_of = {c.out_group: c.in_group for c in graph.convs if c.out_group is not None}
-  alive = []
-  for i, scale in enumerate(graph.scales):
+  input_of = {c.out_group: c.inputs for c in graph.convs if c.out_group is not None}
+  alive, visiting = {}, set()
+
+  def of(i):             # in data-flow order: a group after the groups it reads
+    if i in alive:
+      return alive[i]
+    gamma = np.abs(np.asarray(flat[graph.scales[i]], np.float32))
     if graph.groups[i].fixed:            # a residual stream: never dead
-      alive.append(np.ones(flat[scale].shape, bool))
-      continue
-    gamma = np.abs(np.asarray(flat[scale], np.float32))
+      alive[i] = np.ones(gamma.shape, bool)
+      return alive[i]
+    if i in visiting:
+      raise ValueError(f"channel group {graph.groups[i].producer} reads its own channels "
+                       f"through changeable groups only (a cycle)")
+    visiting.add(i)
+    # A fixed (stream) input is always alive; the image too (no inputs).
+    sources = input_of.get(i, ())
+    no_input = bool(sources) and not any(of(j).any() for j, _ in sources)
     top = gamma.max()
     keep = gamma >= live_threshold * top
-    source = input_of.get(i)
-    no_input = (source is not None and not graph.groups[source].fixed
-                and not alive[source].any())      # a fixed (stream) input is always alive
     if top < dead_layer_threshold or no_input:
       keep[:] = False
-    alive.append(keep)
-  return alive
+    alive[i] = keep
+    return keep
+  return [of(i) for i in range(len(graph.groups))]
+
+
+def _count(inputs: Inputs, alive) -> int:
+  return sum(int(alive[i].sum()) for i, _ in inputs)
 
 
 def utilisation(params, graph: Graph, alive, output_hw: dict | None = None):
@@ -205,7 +253,7 @@ def utilisation(params, graph: Graph, alive, output_hw: dict | None = None):
   live = total = 0
   for c in graph.convs:
     kh, kw, n_in, n_out = flat[c.path].shape
-    a_in = n_in if c.in_group is None else int(alive[c.in_group].sum())
+    a_in = _count(c.inputs, alive) if c.inputs else n_in
     a_out = n_out if c.out_group is None else int(alive[c.out_group].sum())
     w = output_hw[c.module] if output_hw else 1
     live += kh * kw * a_in * a_out * w
@@ -249,56 +297,88 @@ def _fresh(path: str, shape, normal: np.ndarray) -> np.ndarray:
   return np.full(shape, {"scale": 0.5, "var": 1.0}.get(leaf, 0.0))
 
 
+def _segments(graph: Graph, flat) -> dict:
+  """{leaf path: {axis: [(offset, group), ...]}} of every leaf a group indexes."""
+  axes = {}
+  for i, g in enumerate(graph.groups):
+    for p, axis, offset in _readers(g):
+      if p in flat:
+        axes.setdefault(p, {}).setdefault(axis % flat[p].ndim, []).append((offset, i))
+  return {p: {a: sorted(s) for a, s in by_axis.items()} for p, by_axis in axes.items()}
+
+
+def _axis_layout(segments, alive, widths):
+  """On one axis after the surgery: each segment's survivors then its new
+  channels. (the survivors' old indices, their new indices, bool old [new
+  size], the new size)."""
+  take, put, old, at = [], [], [], 0
+  for offset, i in segments:
+    kept = np.flatnonzero(alive[i])
+    take.append(offset + kept)
+    put.append(at + np.arange(len(kept)))
+    old.append(np.arange(widths[i]) < len(kept))
+    at += widths[i]
+  return np.concatenate(take), np.concatenate(put), np.concatenate(old), at
+
+
 def rejuvenate(variables, graph: Graph, alive, widths, key):
   """The widened variables: on every axis a group indexes, its survivors
   first (copied bit-exactly), then new entries (`_fresh`, kernels from one
-  draw of `key`); the cross blocks of a conv (new inputs -> old outputs, old
-  inputs -> new outputs) are 0."""
+  draw of `key`), segment by segment where an axis holds several groups (a
+  concatenation); the cross blocks of a conv (new inputs -> old outputs,
+  old inputs -> new outputs) are 0."""
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
-  axes = {}     # leaf path -> {axis: group}
-  for i, g in enumerate(graph.groups):
-    for p, axis in [(g.producer, -1), *g.followers]:
-      if p in flat:
-        axes.setdefault(p, {})[axis % flat[p].ndim] = i
+  layouts = {p: {a: _axis_layout(segs, alive, widths) for a, segs in by_axis.items()}
+             for p, by_axis in _segments(graph, flat).items()}
   shapes = {}
-  for path, by_axis in axes.items():
+  for path, by_axis in layouts.items():
     shape = list(np.shape(flat[path]))
-    for axis, i in by_axis.items():
-      shape[axis] = widths[i]
+    for axis, (*_, size) in by_axis.items():
+      shape[axis] = size
     shapes[path] = tuple(shape)
-  kernels = sorted(p for p in axes if p.endswith("kernel"))
+  kernels = sorted(p for p in layouts if p.endswith("kernel"))
   draws = np.asarray(jax.random.normal(key, (sum(math.prod(shapes[p]) for p in kernels),)))
   offsets = dict(zip(kernels, np.cumsum([0] + [math.prod(shapes[p]) for p in kernels])))
   out = dict(flat)
-  for path, by_axis in axes.items():
+  for path, by_axis in layouts.items():
     old, shape = np.asarray(flat[path]), shapes[path]
     normal = (draws[offsets[path]:offsets[path] + math.prod(shape)].reshape(shape)
               if path in offsets else None)
     value = _fresh(path, shape, normal).astype(old.dtype)
-    kept = old
     is_new = np.ones(shape, bool)      # new on every grouped axis: drawn fresh
     is_old = np.ones(shape, bool)      # old on every grouped axis: the survivors
-    for axis, i in by_axis.items():
-      kept = np.take(kept, np.flatnonzero(alive[i]), axis=axis)
-      index = (np.arange(shape[axis]) < int(alive[i].sum())).reshape(
-          [-1 if a == axis else 1 for a in range(len(shape))])
+    take = [np.arange(n) for n in old.shape]
+    put = [np.arange(n) for n in shape]
+    for axis, (kept, at, is_old_axis, _) in by_axis.items():
+      take[axis], put[axis] = kept, at
+      index = is_old_axis.reshape([-1 if a == axis else 1 for a in range(len(shape))])
       is_old &= index
       is_new &= ~index
     value = np.where(is_new | is_old, value, np.zeros((), old.dtype))   # cross blocks: 0
-    value[tuple(slice(0, s) for s in kept.shape)] = kept
+    value[np.ix_(*put)] = old[np.ix_(*take)]
     out[path] = value
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
 
 
+def _old_ranges(inputs: Inputs, alive, widths) -> list[list[int]]:
+  """[start, stop) of the survivors on an input axis after the surgery."""
+  ranges, at = [], 0
+  for i, _ in inputs:
+    ranges.append([at, at + int(alive[i].sum())])
+    at += widths[i]
+  return ranges
+
+
 def split_spec(base_spec: dict, graph: Graph, alive, widths, cross_attention: bool) -> dict:
-  """The rejuvenated model's spec: the widened base and where it splits."""
+  """The rejuvenated model's spec: the widened base and where it splits
+  (each split conv's old input ranges and old outputs)."""
   old = [int(a.sum()) for a in alive]
-  splits = [(c.module, old[c.in_group], old[c.out_group]) for c in graph.convs
-            if c.in_group is not None and c.out_group is not None]
-  head_path, head_group = graph.head
+  splits = [(c.module, _old_ranges(c.inputs, alive, widths), old[c.out_group])
+            for c in graph.convs if c.inputs and c.out_group is not None]
+  head_path, head_inputs = graph.head
   return models.spec("rejuvenated", num_classes=base_spec["num_classes"],
                      dtype=base_spec.get("dtype", "float32"), base=base_spec, splits=splits,
-                     head=(head_path.rsplit("/", 1)[0], old[head_group]),
+                     head=(head_path.rsplit("/", 1)[0], _old_ranges(head_inputs, alive, widths)),
                      cross_attention=cross_attention)
 
 
@@ -311,6 +391,7 @@ def trainable_params(params, spec: dict) -> int:
   flat = traverse_util.flatten_dict(params, sep="/")
   for module, old_in, old_out in spec["options"]["splits"]:
     kh, kw, n_in, n_out = flat[f"{module}/kernel"].shape
+    old_in = int(split_nn.old_mask(old_in, n_in).sum())
     total -= kh * kw * (old_in * (n_out - old_out) + (n_in - old_in) * old_out)
   return total
 
@@ -318,9 +399,9 @@ def trainable_params(params, spec: dict) -> int:
 def rescale(variables, graph: Graph, t: float):
   """Neural rescaling: in every group, c = min(|gamma|, t); gamma -> sign *
   t and beta -> beta * t / c where 0 < |gamma| <= t; the channel's readers
-  (the next conv's inputs, the classifier's) are scaled by c / t, so the
-  network computes the same function (ReLU and pooling commute with a
-  positive scale)."""
+  (the next conv's inputs, the classifier's, at their offsets) are scaled by
+  c / t, so the network computes the same function (ReLU and pooling
+  commute with a positive scale)."""
   flat = {k: np.asarray(v) for k, v in
           traverse_util.flatten_dict(jax.device_get(variables), sep="/").items()}
   for g, scale in zip(graph.groups, graph.scales):
@@ -333,11 +414,14 @@ def rescale(variables, graph: Graph, t: float):
     flat[_P + scale] = np.where(on & (np.abs(gamma) <= t), np.sign(gamma) * t, gamma)
     bias = _P + scale.rsplit("/", 1)[0] + "/bias"
     flat[bias] = flat[bias] * factor
-    for p, axis in g.followers:
+    for p, axis, offset in _readers(g)[1:]:
       if p.endswith("kernel") and axis in (0, 2):
         shape = [1] * flat[p].ndim
         shape[axis] = -1
-        flat[p] = flat[p] / factor.reshape(shape)
+        index = [slice(None)] * flat[p].ndim
+        index[axis] = slice(offset, offset + len(gamma))
+        flat[p] = flat[p].copy()
+        flat[p][tuple(index)] = flat[p][tuple(index)] / factor.reshape(shape)
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
 
 
@@ -458,6 +542,7 @@ def run(config, workdir: str) -> dict:
     _write_surgery(exp.workdir, {
         "step": int(state.step), "epoch": int(state.step) // spe, "utilisation": u,
         "ratio": ratio, "widths_before": [int(a.size) for a in alive],
+        "groups": [g.producer[len(_P):].rsplit("/", 1)[0] for g in graph.groups],
         "alive": [int(a.sum()) for a in alive], "widths_after": widths,
         "params_before": int(sum(x.size for x in jax.tree.leaves(params))),
         "params_after": trainable_params(new["params"], exp.model_spec),

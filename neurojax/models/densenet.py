@@ -26,11 +26,13 @@ BN scale 1, bias 0; the classifier N(0, 0.01), bias 0.
 Widths: `growth_rate` (k), `stem_width` (0: 2k), `bottleneck_widths` (each
 layer's conv1 outputs; default 4k), `growth_widths` (each layer's conv2
 outputs; default k) and `transition_widths` (default half the inputs),
-all in order. No conv is fixed in NR: every one may change width. But only
-the conv1 channels (its BN and conv2's inputs) are `channel_groups`: the
-stem's, conv2's and the transitions' outputs reach every later layer of the
-block (and the next transition or fc) through the concatenation, at an
-offset in their inputs, which a `ChannelGroup` (whole axes) cannot express.
+all in order. No conv is fixed in NR: every one may change width. Only the
+conv1 channels (its BN and conv2's inputs) are `channel_groups`, the ones
+pruning slims: the stem's, conv2's and the transitions' outputs reach every
+later layer of the block (and the next transition or fc) through the
+concatenation, at an offset in their inputs. `stream_groups` declares those
+too, with their offsets (`ChannelGroup.concat_readers`), for Neural
+Rejuvenation's surgery; `nr_options` maps their widths back to the options.
 `stages`: conv0/bn0 the stem, block K with the transition after it stage K,
 fc the head.
 """
@@ -110,13 +112,72 @@ class DenseNet(nn.Module):
     return pooled_classifier(x, self.num_classes, self.dtype)
 
 
+def _bn(prefix: str):
+  return ((f"params/{prefix}/scale", 0), (f"params/{prefix}/bias", 0),
+          (f"batch_stats/{prefix}/mean", 0), (f"batch_stats/{prefix}/var", 0))
+
+
 def channel_groups(model: DenseNet) -> list[ChannelGroup]:
   """Each dense layer's conv1 channels: its BN and conv2's inputs. (The
-  concatenated outputs sit at offsets of later inputs: not declared.)"""
-  return [ChannelGroup(f"params/{n}/conv1/kernel", (
-      (f"params/{n}/bn1/scale", 0), (f"params/{n}/bn1/bias", 0),
-      (f"batch_stats/{n}/bn1/mean", 0), (f"batch_stats/{n}/bn1/var", 0),
-      (f"params/{n}/conv2/kernel", 2))) for n in model.layers()]
+  concatenated outputs sit at offsets of later inputs: `stream_groups`.)"""
+  return [ChannelGroup(f"params/{n}/conv1/kernel", (*_bn(f"{n}/bn1"),
+                                                   (f"params/{n}/conv2/kernel", 2)))
+          for n in model.layers()]
+
+
+def _layout(model: DenseNet):
+  """[(producer module, its BN, width, the readers of the concatenation it
+  joins as (kernel path, offset))], in data-flow order."""
+  n = len(model.layers())
+  growth = model.growth_widths or (model.growth_rate,) * n
+  entries = [["conv0", "bn0", model.stem_width or 2 * model.growth_rate, []]]
+  i = 0
+  for b, count in enumerate(model.blocks):
+    joined = [entries[-1]]                   # the block's input, then each layer's conv2
+    for j in range(count):
+      name = f"block{b + 1}_layer{j + 1}"
+      offset = 0
+      for e in joined:
+        e[3].append((f"params/{name}/conv1/kernel", offset))
+        offset += e[2]
+      entries.append([f"{name}/conv2", f"{name}/bn2", growth[i], []])
+      joined.append(entries[-1])
+      i += 1
+    reader = (f"transition{b + 1}/conv" if b < len(model.blocks) - 1 else "fc")
+    width = sum(e[2] for e in joined)
+    offset = 0
+    for e in joined:
+      e[3].append((f"params/{reader}/kernel", offset))
+      offset += e[2]
+    if b < len(model.blocks) - 1:
+      out = model.transition_widths[b] if model.transition_widths else width // 2
+      entries.append([f"transition{b + 1}/conv", f"transition{b + 1}/bn", out, []])
+  return entries
+
+
+def stream_groups(model: DenseNet) -> list[ChannelGroup]:
+  """The stem's, every conv2's and every transition's output channels (NR
+  changes them all): each with its BN, read at an offset by the layers
+  after it in its block and by the transition or classifier that ends it."""
+  groups = []
+  for producer, bn, _, readers in _layout(model):
+    concat = tuple((path, 0 if path == "params/fc/kernel" else 2, offset)
+                   for path, offset in readers
+                   if path != "params/fc/kernel" or model.num_classes)
+    groups.append(ChannelGroup(f"params/{producer}/kernel", _bn(bn), concat_readers=concat))
+  return groups
+
+
+def nr_options(model: DenseNet, groups, widths) -> dict:
+  """The options that give `groups` (channel_groups + stream_groups) these
+  widths."""
+  by = {g.producer: int(w) for g, w in zip(groups, widths)}
+  layers = model.layers()
+  return {"stem_width": by["params/conv0/kernel"],
+          "bottleneck_widths": tuple(by[f"params/{n}/conv1/kernel"] for n in layers),
+          "growth_widths": tuple(by[f"params/{n}/conv2/kernel"] for n in layers),
+          "transition_widths": tuple(by[f"params/transition{b}/conv/kernel"]
+                                     for b in range(1, len(model.blocks)))}
 
 
 def _widths(option: str, widths, count: int, what: str) -> tuple[int, ...]:
@@ -146,6 +207,8 @@ def _densenet(blocks: tuple[int, ...], growth_rate: int, stem: str, num_classes:
                                   "transition"),
         dtype=dtype)
   factory.channel_groups = channel_groups
+  factory.stream_groups = stream_groups
+  factory.nr_options = nr_options
   factory.width_option = "bottleneck_widths"
   factory.backbone = True
   factory.stages = Stages((("stem", r"conv0|bn0"),) + tuple(

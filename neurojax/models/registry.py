@@ -64,10 +64,17 @@ class ChannelGroup:
   kernel; channels on its last axis) and index c on `axis` of every leaf in
   `followers` (its norm's scale, bias and running stats, the next conv's
   input axis). Paths are '/'-joined and start with the collection
-  ("params/block/conv1/kernel")."""
+  ("params/block/conv1/kernel").
+
+  `concat_readers` are (path, axis, offset): leaves whose `axis` holds the
+  group's channels at [offset, offset + width) among other groups' (the
+  readers of a concatenation: a DenseNet's later layers). Only the surgery
+  of Neural Rejuvenation reads them; the groups that pruning gets
+  (`channel_groups`) have none."""
   producer: str
   followers: tuple[tuple[str, int], ...] = ()
   fixed: bool = False     # never pruned or found dead (a residual stream: `stream_groups`)
+  concat_readers: tuple[tuple[str, int, int], ...] = ()
 
 
 def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
@@ -81,9 +88,9 @@ def channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
 
 
 def all_channel_groups(name: str, model: nn.Module) -> list[ChannelGroup]:
-  """The changeable channel groups, then the fixed ones a model declares
-  (`stream_groups`: e.g. a ResNet's residual stream), for surgery that
-  widens every layer."""
+  """The prunable channel groups, then the ones a model declares for
+  surgery that widens every layer (`stream_groups`: a ResNet's residual
+  stream, fixed; a DenseNet's concatenated features, at offsets)."""
   streams = getattr(_MODELS[name], "stream_groups", None)
   return channel_groups(name, model) + (streams(model) if streams else [])
 

@@ -12,7 +12,8 @@ from neurojax.nn.rejuvenation import Rejuvenated
 def rejuvenated(*, num_classes: int, dtype, base: dict, splits: tuple = (),
                 head: tuple = ("fc", 0), cross_attention: bool = False) -> Rejuvenated:
   """`base` (a spec, its own num_classes and dtype) split into old and new
-  channels at `splits` ((module path, old inputs, old outputs), ...) and
-  `head` ((module path, old inputs))."""
+  channels at `splits` ((module path, old inputs, old outputs), ...; old
+  inputs a count or [start, stop) ranges) and `head` ((module path, old
+  inputs))."""
   del num_classes, dtype      # the base spec's
   return Rejuvenated(registry.build(base), splits, head, cross_attention)

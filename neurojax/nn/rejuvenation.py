@@ -1,7 +1,9 @@
 """Neural Rejuvenation's split network (Qiao et al., CVPR 2019).
 
 After the surgery (`methods.rejuvenation`) every changeable layer's
-channels are [old | new]: the survivors first, then the new channels. A conv
+channels are [old | new]: the survivors first, then the new channels (an
+input that concatenates several layers' outputs, a DenseNet's, is [old |
+new] per layer: its old channels are a list of ranges). A conv
 whose input and output both have new channels splits into four blocks
 (rows: outputs, columns: inputs):
 
@@ -31,27 +33,37 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 OLD, NEW, PREDICTION = 0, 1, 2
 
 
-def block_mask(kernel_shape, old_in: int, old_out: int):
+def old_mask(old, size: int) -> np.ndarray:
+  """bool [size]: the old channels, given as a count (the first `old`) or
+  as [start, stop) ranges."""
+  mask = np.zeros(size, bool)
+  for start, stop in ([(0, old)] if isinstance(old, (int, np.integer)) else old):
+    mask[int(start):int(stop)] = True
+  return mask
+
+
+def block_mask(kernel_shape, old_in, old_out: int):
   """bool [kh, kw, in, out]: True on the old->old and new->new blocks."""
   *_, n_in, n_out = kernel_shape
-  inp = jnp.arange(n_in) < old_in
+  inp = jnp.asarray(old_mask(old_in, n_in))
   out = jnp.arange(n_out) < old_out
   return jnp.broadcast_to(inp[:, None] == out[None, :], kernel_shape)
 
 
-def _split(x, old: int):
+def _split(x, old):
   """x with the new channels zeroed, and x with the old ones zeroed."""
-  is_old = jnp.arange(x.shape[-1]) < old
+  is_old = jnp.asarray(old_mask(old, x.shape[-1]))
   zero = jnp.zeros((), x.dtype)
   return jnp.where(is_old, x, zero), jnp.where(is_old, zero, x)
 
 
-def _on_both(call, x, old: int, kwargs):
+def _on_both(call, x, old, kwargs):
   """`call` on x's old channels alone and on its new ones alone, in one call
   (the two stacked on the batch axis: a module may run once per call)."""
   y = call(jnp.concatenate(_split(x, old), axis=0), **kwargs)
@@ -67,18 +79,23 @@ def cross_attention(y_old_in, y_new_in, old_out: int):
                           rr + rl * 2 * jax.nn.sigmoid(rr)], axis=-1)
 
 
+def _ranges(old):
+  return old if isinstance(old, (int, np.integer)) else tuple((int(a), int(b)) for a, b in old)
+
+
 class Rejuvenated:
   """`base` (the widened model) split into old and new channels.
 
   `splits`: (module path, old inputs, old outputs) of each conv that has new
   inputs and new outputs ('/'-joined module path, e.g. "conv3" or
-  "layer1_0/conv1"). `head`: (module path, old inputs) of the classifier.
+  "layer1_0/conv1"; old inputs a count or [start, stop) ranges, see
+  `old_mask`). `head`: (module path, old inputs) of the classifier.
   """
 
   def __init__(self, base, splits=(), head=("fc", 0), cross_attention: bool = False):
     self.base = base
-    self.splits = {tuple(p.split("/")): (int(i), int(o)) for p, i, o in splits}
-    self.head = (tuple(head[0].split("/")), int(head[1]))
+    self.splits = {tuple(p.split("/")): (_ranges(i), int(o)) for p, i, o in splits}
+    self.head = (tuple(head[0].split("/")), _ranges(head[1]))
     self.cross_attention = bool(cross_attention)
 
   def __getattr__(self, name):         # rng_streams, dtype, ... are the base model's
