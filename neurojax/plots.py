@@ -351,6 +351,38 @@ def plot_rejuvenation(runs: dict[str, list[dict]], path: str) -> str:
   return _save(fig, path)
 
 
+def plot_reliability(diagrams: dict[str, dict], path: str) -> str:
+  """Reliability diagrams side by side, one per label: the accuracy of each
+  confidence bin against its mean confidence (bars; the diagonal is perfect
+  calibration), the gap shaded, and the fraction of examples per bin. Each
+  diagram is `reliability` of a results.json ({count, confidence, correct}
+  sums per bin; several runs' summed)."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(diagrams), figsize=(3.6 * len(diagrams), 3.8), squeeze=False)
+  for ax, (label, bins) in zip(axes[0], diagrams.items()):
+    count = np.asarray(bins["count"], float)
+    n = len(count)
+    edges = np.linspace(0, 1, n + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    safe = np.maximum(count, 1)
+    acc, conf = np.asarray(bins["correct"]) / safe, np.asarray(bins["confidence"]) / safe
+    used = count > 0
+    ece = float(np.sum(np.abs(np.asarray(bins["correct"]) - np.asarray(bins["confidence"])))
+                / max(count.sum(), 1))
+    ax.bar(centres[used], acc[used], 1 / n, edgecolor="k", lw=0.5, color="C0", label="accuracy")
+    ax.bar(centres[used], (conf - acc)[used], 1 / n, bottom=acc[used], color="C3", alpha=0.35,
+           label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    twin = ax.twinx()
+    twin.plot(centres[used], count[used] / count.sum(), "o-", color="C2", ms=3, lw=1)
+    twin.set_ylim(0, 1)
+    twin.set_ylabel("fraction of examples", color="C2", fontsize=8)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max softmax)", ylabel="accuracy",
+           title=f"{label}\nECE {100 * ece:.2f}%")
+    ax.legend(loc="upper left", fontsize=7)
+  return _save(fig, path)
+
+
 def rejuvenation_runs(workdirs: list[str]) -> dict[str, list[dict]]:
   """Finished NR runs' results by model (seeds in a list)."""
   runs: dict[str, list[dict]] = {}
@@ -433,7 +465,7 @@ def _print_pruning(workdirs, out):
 # results.json's `method` -> the summary that compares such runs.
 SUMMARIES = {"supervised": _print_supervised, "prune": _print_pruning,
              "generations": _print_generations, "kakuritsu": _print_eval_matrix,
-             "rejuvenation": _print_rejuvenation}
+             "rejuvenation": _print_rejuvenation, "bayes": _print_supervised}
 
 
 def main(argv: list[str]) -> None:

@@ -149,7 +149,9 @@ class Experiment:
     under eval/ (a `Hook` function); with model EMA also the EMA params', as
     eval/ema_*, in the same pass. `predict` and `samples` as in
     `steps.eval_step_fn` (a stochastic eval draws from rng.EVAL's keys).
-    Its `.steps` lists the steps evaluated."""
+    Its `.steps` lists the steps evaluated; `.last` holds the latest eval's
+    sums ({name: sums}, host arrays: the confidence bins of a reliability
+    diagram among them)."""
     built = [None, None]      # (model, its jitted eval step)
 
     def evaluate(step: int, state: TrainState) -> dict:
@@ -164,9 +166,11 @@ class Experiment:
                  for k, v in losses.means(sums).items()}
       self.writer.write(step, metrics, prefix="eval/")
       evaluate.steps.append(step)
+      evaluate.last = totals
       logging.info("eval at step %d: %s", step, metrics)
       return metrics
     evaluate.steps = []
+    evaluate.last = None
     return evaluate
 
   def close(self, progress: Progress | None = None) -> None:

@@ -144,16 +144,23 @@ def default_predict(model, objective: Objective | None = None, streams=()):
   return predict
 
 
+def _entropy(log_p):
+  return -jnp.sum(jnp.where(log_p > -jnp.inf, jnp.exp(log_p) * log_p, 0.0), axis=-1)
+
+
 def _mean_softmax(predict, variables, images, key, samples: int):
-  """The predictions of `predict` ({name: logits} or logits); with samples
-  > 1, the log of the softmax averaged over `samples` keys fold_in(key, s)."""
+  """(predictions, expected entropies): the predictions of `predict`
+  ({name: logits} or logits); with samples > 1, the log of the softmax
+  averaged over `samples` keys fold_in(key, s), and the mean over the
+  samples of each one's entropy (None with one sample)."""
   if samples == 1:
-    return predict(variables, images, key)
+    return predict(variables, images, key), None
   keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(samples))
   log_probs = jax.lax.map(
       lambda k: jax.tree.map(lambda z: jax.nn.log_softmax(z.astype(jnp.float32)),
                              predict(variables, images, k)), keys)
-  return jax.tree.map(lambda lp: jax.nn.logsumexp(lp, axis=0) - jnp.log(samples), log_probs)
+  return (jax.tree.map(lambda lp: jax.nn.logsumexp(lp, axis=0) - jnp.log(samples), log_probs),
+          jax.tree.map(lambda lp: jnp.mean(_entropy(lp), axis=0), log_probs))
 
 
 def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None,
@@ -167,7 +174,9 @@ def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None
   `samples` > 1 the softmax is averaged over that many keys (the loss is the
   NLL of the average). The names are "" for `state.params`, "ema" for
   `state.ema_params` (with `ema`; with `both`, the two in one pass);
-  predictions named by `predict` are `name` and `ema_name`.
+  predictions named by `predict` are `name` and `ema_name`. Each has loss
+  (the NLL), top-1/5 and the calibration sums (`losses.calibration_sums`:
+  Brier, entropy, ECE bins; mutual information with `samples` > 1).
   """
   # A Monte-Carlo eval of the model itself feeds it the streams it declares.
   predict = predict or default_predict(
@@ -179,13 +188,15 @@ def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None
     out = {}
     for prefix, field in param_sets:
       variables = model_variables(getattr(state, field), state.batch_stats)
-      preds = _mean_softmax(predict, variables, batch["image"], key, samples)
+      preds, expected = _mean_softmax(predict, variables, batch["image"], key, samples)
       if not isinstance(preds, Mapping):
-        preds = {"": preds}
+        preds, expected = {"": preds}, (None if expected is None else {"": expected})
       for name, logits in preds.items():
         per_example = losses.cross_entropy(logits, batch["label"])
         full = "_".join(n for n in (prefix, name) if n)
-        out[full] = losses.metric_sums(logits, batch["label"], per_example, batch["mask"])
+        out[full] = {**losses.metric_sums(logits, batch["label"], per_example, batch["mask"]),
+                     **losses.calibration_sums(logits, batch["label"], batch["mask"],
+                                               None if expected is None else expected[name])}
     return out
   return step
 
