@@ -19,4 +19,5 @@ def test_configs_exist():
 def test_config_validates(path):
   config = load_config_file(path)
   validate(config)
-  assert config.method in ("supervised", "prune", "generations", "kakuritsu", "rejuvenation")
+  from neurojax import methods  # pylint: disable=g-import-not-at-top
+  assert config.method in methods.names()

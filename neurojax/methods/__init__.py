@@ -15,6 +15,7 @@ _METHODS = {
     "generations": "neurojax.methods.generations",
     "kakuritsu": "neurojax.methods.kakuritsu",
     "rejuvenation": "neurojax.methods.rejuvenation",
+    "bayes": "neurojax.methods.bayes",
 }
 
 
