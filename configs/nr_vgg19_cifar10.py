@@ -27,7 +27,7 @@ and lambda 3e-4 as the original's results table).
 The paper's error: 4.19% on CIFAR-10, 21.53% on CIFAR-100.
 """
 
-from neurojax.config import base_config
+from neurojax.config import base_config, cifar_data
 
 
 # lambda by model and dataset: the original's results table
@@ -41,14 +41,7 @@ def get_config(dataset="cifar10", model="vgg19_nr"):
   configs/nr_densenet100_cifar10.py: densenet_bc100)."""
   c = base_config(model)
   c.method = "rejuvenation"
-  c.data.source = "tfds"
-  c.data.name = dataset
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mean = (0.4914, 0.4822, 0.4465)
-  c.data.std = (0.2023, 0.1994, 0.2010)
+  cifar_data(c, dataset)
   c.batch_size = 64
   c.num_epochs = 300.0                   # after NR
   c.optimizer.name = "sgd"

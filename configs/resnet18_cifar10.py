@@ -23,21 +23,14 @@ TFDS `cifar10` prepared as array_record:
 - the test split is evaluated every epoch.
 """
 
-from neurojax.config import base_config
+from neurojax.config import base_config, cifar_data
 
 
 def get_config(model="resnet18"):
   c = base_config(model)
   if model.startswith("resnet"):
     c.model.stem = "small"
-  c.data.source = "tfds"
-  c.data.name = "cifar10"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mean = (0.4914, 0.4822, 0.4465)
-  c.data.std = (0.2023, 0.1994, 0.2010)
+  cifar_data(c)
   c.batch_size = 128
   c.num_epochs = 30.0
   c.optimizer.name = "sgd"

@@ -20,20 +20,13 @@ the model and the 10x lr of the quadratic term. For a TPU VM with TFDS
   best).
 """
 
-from neurojax.config import base_config
+from neurojax.config import base_config, cifar_data
 
 
 def get_config(model="resnet20"):
   c = base_config(model)
   c.model.variant = "dit_code"
-  c.data.source = "tfds"
-  c.data.name = "cifar10"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.mean = (0.4914, 0.4822, 0.4465)
-  c.data.std = (0.2023, 0.1994, 0.2010)
+  cifar_data(c)
   c.batch_size = 128
   c.num_epochs = 160.0
   c.optimizer.name = "sgd"

@@ -160,6 +160,18 @@ def load_config_file(path: str, *args) -> ml_collections.ConfigDict:
   return module.get_config(*args)
 
 
+def cifar_data(config, dataset: str = "cifar10") -> ml_collections.ConfigDict:
+  """Sets config.data to TFDS CIFAR-10 or -100 (train; test for eval) with
+  the usual augmentation: random crop 32 with 4 px zero padding, flip, and
+  the per-channel mean (0.4914, 0.4822, 0.4465) and std (0.2023, 0.1994,
+  0.2010). Returns `config`."""
+  d = config.data
+  d.source, d.name, d.train_split, d.eval_split = "tfds", dataset, "train", "test"
+  d.crop_padding, d.flip = 4, True
+  d.mean, d.std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+  return config
+
+
 def sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
   """`get_config()` of configs/<name>.py next to `config_file` (for derived configs)."""
   return load_config_file(

@@ -182,28 +182,25 @@ def _kl(means, sigma, delta, centre, p: Posterior):
   return total
 
 
-class BayesDense(nn.Dense):
-  """nn.Dense with a mean-field Gaussian posterior (see the module doc);
-  mu starts U(-0.2, 0.2), rho U(-5, -4)."""
-  kernel_init: Any = uniform(-0.2, 0.2)
-  bias_init: Any = uniform(-0.2, 0.2)
-  posterior: Posterior = Posterior()
+def _bayesian_layer(base, name: str):
+  """`base` (nn.Dense or nn.Conv) with a mean-field Gaussian posterior."""
+  class Layer(base):
+    kernel_init: Any = uniform(-0.2, 0.2)
+    bias_init: Any = uniform(-0.2, 0.2)
+    posterior: Posterior = Posterior()
 
-  @nn.compact
-  def __call__(self, x):
-    return bayesian_call(self, super().__call__, x, self.posterior)
+    @nn.compact
+    def __call__(self, x):
+      return bayesian_call(self, super().__call__, x, self.posterior)
+  Layer.__name__ = Layer.__qualname__ = name
+  Layer.__doc__ = (f"{base.__name__} with a mean-field Gaussian posterior (see the module "
+                   f"doc); mu starts U(-0.2, 0.2), rho U(-5, -4), `posterior` the estimator "
+                   f"and prior.")
+  return Layer
 
 
-class BayesConv(nn.Conv):
-  """nn.Conv with a mean-field Gaussian posterior (see the module doc);
-  mu starts U(-0.2, 0.2), rho U(-5, -4)."""
-  kernel_init: Any = uniform(-0.2, 0.2)
-  bias_init: Any = uniform(-0.2, 0.2)
-  posterior: Posterior = Posterior()
-
-  @nn.compact
-  def __call__(self, x):
-    return bayesian_call(self, super().__call__, x, self.posterior)
+BayesDense = _bayesian_layer(nn.Dense, "BayesDense")
+BayesConv = _bayesian_layer(nn.Conv, "BayesConv")
 
 
 def dense_and_conv_paths(model, *args, **kwargs) -> list[str]:
