@@ -97,14 +97,11 @@ def posterior(config) -> bnn.Posterior:
 def bayesian_layers(config, base, image_shape) -> list[str]:
   """The module paths `config.bayes.layers` and `last` pick, in call order."""
   b = config.bayes
-  found = bnn.dense_and_conv_paths(base, jnp.zeros((1, *image_shape)), train=False)
-  chosen = [p for p in found if re.fullmatch(b.layers, p)]
-  if b.last:
-    chosen = chosen[-int(b.last):]
-  if not chosen:
-    raise ValueError(f"config.bayes.layers={b.layers!r} matches none of model "
-                     f"{config.model.name!r}'s Dense/Conv layers: {', '.join(found)}")
-  return chosen
+  try:
+    return bnn.select_layers(base, jnp.zeros((1, *image_shape)), b.layers, int(b.last))
+  except ValueError as e:
+    raise ValueError(f"config.bayes.layers / config.bayes.last on model "
+                     f"{config.model.name!r}: {e}") from None
 
 
 def model_spec(config, num_classes: int, image_shape) -> dict:

@@ -29,16 +29,18 @@ over its weights; the objective divides the total by N_train):
               (`kernel_prior`, `bias_prior`: state that is not trained):
               closed form; delta |w0| is floored at `min_prior_sigma`
 
-`BayesDense` and `BayesConv` are the layers; `Bayesian(model, layers)`
-makes the Dense and Conv modules at those paths of any model Bayesian
-without changing the model's code (an interceptor), BatchNorm and the rest
-as they are. Its output is {"logits": ..., "kl": the summed KL}.
+`BayesDense` and `BayesConv` are the layers; `to_bayesian(model, x,
+layers=regex, last=k)` (or `Bayesian(model, paths)`) makes the Dense and
+Conv modules at those paths of any model Bayesian without changing the
+model's code (an interceptor), BatchNorm and the rest as they are. Its
+output is {"logits": ..., "kl": the summed KL}.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -218,6 +220,26 @@ def dense_and_conv_paths(model, *args, **kwargs) -> list[str]:
     jax.eval_shape(lambda key: model.init({"params": key}, *args, **kwargs),
                    jax.random.PRNGKey(0))
   return found
+
+
+def select_layers(model, sample, pattern: str = ".*", last: int = 0) -> list[str]:
+  """The Dense/Conv module paths of `model` (called on `sample`) that fully
+  match `pattern`, in call order; with `last`, only the last `last` of them."""
+  found = dense_and_conv_paths(model, sample, train=False)
+  chosen = [p for p in found if re.fullmatch(pattern, p)]
+  chosen = chosen[-last:] if last else chosen
+  if not chosen:
+    raise ValueError(f"layers={pattern!r} (last={last}) matches none of the model's Dense/Conv "
+                     f"layers: {', '.join(found)}")
+  return chosen
+
+
+def to_bayesian(model, sample, layers: str = ".*", last: int = 0,
+                posterior: Posterior = Posterior(), mu_init: float = 0.2) -> "Bayesian":
+  """`model` with a mean-field Gaussian posterior on its Dense/Conv layers
+  whose paths match `layers` (the last `last` of them, if > 0): one call,
+  as bayesian-torch's dnn_to_bnn. `sample` is an input batch (its shape)."""
+  return Bayesian(model, select_layers(model, sample, layers, last), posterior, mu_init)
 
 
 def sum_kl(collection) -> jax.Array:
