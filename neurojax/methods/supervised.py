@@ -94,7 +94,8 @@ def _report(config, exp, workdir, method, seconds, compiles, last_eval=None,
              _calibration_line(history[-1]),
              f"metrics: {exp.writer.path}; TensorBoard: tensorboard --logdir "
              f"{os.path.join(workdir, 'tb')}"],
-      plot=lambda: _plots(workdir, config.model.name, bins))
+      plot=lambda: _plots(workdir, config.model.name if method == "supervised"
+                          else f"{config.model.name}, {method}", bins))
 
 
 def _calibration_line(final: dict) -> str:
