@@ -35,6 +35,11 @@ def _net_groups(model):
   return groups
 
 
+if "test_densenet" not in models.names():   # DenseNet-BC-100's code, 3 blocks of 2 layers, k = 2
+  from neurojax.models.densenet import _densenet  # pylint: disable=g-import-not-at-top
+  models.register("test_densenet")(_densenet((2, 2, 2), 2, "cifar", 10))
+
+
 if "test_nr_net" not in models.names():
   class NRNet(nn.Module):
     """stem (fixed: in no group) 3x3 1->2, conv2 3x3/2 2->w0, conv3 1x1 w0->w1, fc."""
@@ -141,10 +146,10 @@ def test_densenet_surgery_widens_the_concatenations_segment_by_segment():
   layer's survivors then its new channels; the old sub-network computes
   the sparsified net. The growth is sqrt(1/u), not int(sqrt(1/u)) (the
   original's DenseNet: no regrowth above u = 0.25)."""
-  name, options = "densenet_bc100", dict(growth_rate=2)
+  name, options = "test_densenet", {}
   model, v = _init(name, shape=(8, 8, 3), **options)
   graph = nr.Graph.of(v["params"], models.all_channel_groups(name, model), name)
-  assert len(graph.groups) == 1 + 2 * 48 + 2 and not any(g.fixed for g in graph.groups)
+  assert len(graph.groups) == 1 + 2 * 6 + 2 and not any(g.fixed for g in graph.groups)
   layer2 = next(c for c in graph.convs if c.path == "block1_layer2/conv1/kernel")
   assert [graph.groups[i].producer for i, _ in layer2.inputs] == [
       "params/conv0/kernel", "params/block1_layer1/conv2/kernel"]
@@ -163,7 +168,7 @@ def test_densenet_surgery_widens_the_concatenations_segment_by_segment():
   width_of = {g.producer: w for g, w in zip(graph.groups, widths)}
   assert wopts["stem_width"] == width_of["params/conv0/kernel"]
   assert wopts["transition_widths"][1] == width_of["params/transition2/conv/kernel"]
-  assert len(wopts["growth_widths"]) == len(wopts["bottleneck_widths"]) == 48
+  assert len(wopts["growth_widths"]) == len(wopts["bottleneck_widths"]) == 6
   # layer 2's conv1 input: [stem old | stem new | layer-1 conv2 old | its new]
   f_old = traverse_util.flatten_dict(v, sep="/")
   f_new = traverse_util.flatten_dict(jax.device_get(new), sep="/")
