@@ -235,6 +235,8 @@ def main(argv):
     print(f"neurojax: {stop}; a checkpoint of step {stop.step} is in {workdir}. Re-run the "
           f"same command to resume from it.", file=sys.stderr)
     sys.exit(stop.exit_code)
+  except config_lib.ConfigError as e:     # found by a method at run time (e.g. on the model)
+    sys.exit(f"neurojax: bad config: {e}")
   except (DataConfigError, DatasetNotFoundError, IdxFormatError, CheckpointError,
           NonFiniteLossError, ConfigMismatchError, BackboneError, OptimizerConfigError,
           WorkdirStateError) as e:

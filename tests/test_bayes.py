@@ -151,7 +151,7 @@ def test_flipout_and_local_outputs_average_to_the_mean_weights_output(estimator)
 def test_moped_takes_the_weights_exactly_and_sigma_delta_w():
   model, v = _bayesian(prior="moped")
   det = _Net().init(jax.random.PRNGKey(7), jnp.zeros((1, 5, 5, 2)))
-  new = bayes_method.moped(v, det, ("conv", "fc"), delta=0.1, prior="moped")
+  new = bayes_method.moped(v, det, delta=0.1, prior="moped")
   flat_det = traverse_util.flatten_dict(jax.device_get(det), sep="/")
   flat = traverse_util.flatten_dict(new, sep="/")
   for path, w in flat_det.items():
@@ -165,7 +165,7 @@ def test_moped_takes_the_weights_exactly_and_sigma_delta_w():
   assert abs(float(out["kl"])) < 1e-2
   wrong = jax.tree.map(lambda x: x[..., :2], det)
   with pytest.raises(Exception, match="of shape"):
-    bayes_method.moped(v, wrong, ("conv", "fc"), delta=0.1, prior="moped")
+    bayes_method.moped(v, wrong, delta=0.1, prior="moped")
 
 
 def test_monte_carlo_prediction_is_deterministic_for_a_key_and_s1_sigma0_is_the_plain_model():
@@ -291,3 +291,16 @@ def test_eight_devices_equal_one():
   chex.assert_trees_all_close(p1, p8, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(m1, m8, rtol=1e-5, atol=1e-6)
   assert m1["loss_kl"] > 0
+
+
+def test_a_moped_source_that_is_not_a_workdir_fails_before_the_workdir_holds_anything(tmp_path):
+  from neurojax.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  config = _with(bayes=bayes_method.config())
+  config.method = "bayes"
+  config.bayes.init_from = str(tmp_path / "nothing")
+  with pytest.raises(CheckpointError, match="is not a neurojax workdir"):
+    bayes_method.run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  config.bayes.prior, config.bayes.init_from = "moped", ""
+  with pytest.raises(ValueError, match="set config.bayes.init_from"):
+    bayes_method.validate(config)

@@ -32,9 +32,11 @@ def test_help_lists_flags():
     ("--config.optimizer.name=lamb", r"config.optimizer.name='lamb'.*sgd, adam, adamw"),
     ("--config.batch_size=-32", r"config.batch_size=-32 must be > 0"),
     ("--config.compute_dtype=fp8", r"config.compute_dtype='fp8'.*float32, bfloat16"),
+    ("--config.method=bayes --config.bayes.prior=moped",
+     r"prior='moped' centres the prior on trained weights: set config.bayes.init_from"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, override, expected):
-  proc = run(tmp_path / "w", override, check=False)
+  proc = run(tmp_path / "w", *override.split(), check=False)
   assert proc.returncode != 0
   assert "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]

@@ -39,6 +39,10 @@ from neurojax.train import steps as steps_lib
 from neurojax.train.checkpoint import CheckpointError
 
 
+# Read only at a fresh start (MOPED's source may move once the run has begun).
+RESUME_SAFE = ("bayes.init_from",)
+
+
 def config() -> ml_collections.ConfigDict:
   """`config.bayes`: method="bayes" (Bayes by Backprop, MOPED)."""
   return ml_collections.ConfigDict(dict(
@@ -96,12 +100,13 @@ def posterior(config) -> bnn.Posterior:
 
 def bayesian_layers(config, base, image_shape) -> list[str]:
   """The module paths `config.bayes.layers` and `last` pick, in call order."""
+  from neurojax.config import ConfigError  # pylint: disable=g-import-not-at-top
   b = config.bayes
   try:
     return bnn.select_layers(base, jnp.zeros((1, *image_shape)), b.layers, int(b.last))
   except ValueError as e:
-    raise ValueError(f"config.bayes.layers / config.bayes.last on model "
-                     f"{config.model.name!r}: {e}") from None
+    raise ConfigError(f"config.bayes.layers / config.bayes.last on model "
+                      f"{config.model.name!r}: {e}") from None
 
 
 def model_spec(config, num_classes: int, image_shape) -> dict:
@@ -136,12 +141,13 @@ def predict(model, samples: int):
 
 # --- MOPED ------------------------------------------------------------------
 
-def moped(variables, deterministic, layers, delta: float, prior: str,
-          min_sigma: float = 1e-6, source: str = "the deterministic run"):
+def moped(variables, deterministic, delta: float, prior: str, min_sigma: float = 1e-6,
+          source: str = "the deterministic run"):
   """The Bayesian variables from a deterministic model's: every mean (and
   every other param and BN statistic) is the deterministic value exactly,
-  sigma = max(delta * |w|, min_sigma) on `layers`, and with the moped prior
-  its centre w. Raises CheckpointError naming a leaf that does not fit."""
+  sigma = max(delta * |w|, min_sigma) for every weight that has a rho, and
+  with the moped prior its centre w. Raises CheckpointError naming a leaf
+  that does not fit."""
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   det = traverse_util.flatten_dict(jax.device_get(deterministic), sep="/")
   extra = {p for p in flat if p.endswith(("_rho", "_prior"))}
@@ -158,8 +164,6 @@ def moped(variables, deterministic, layers, delta: float, prior: str,
     collection, *module, leaf = path.split("/")
     name = leaf.rsplit("_", 1)[0]
     w = np.asarray(det[f"params/{'/'.join(module)}/{name}"], np.float32)
-    if "/".join(module) not in layers:
-      continue
     if leaf.endswith("_rho"):
       sigma = np.maximum(delta * np.abs(w), min_sigma)
       out[path] = np.asarray(bnn.softplus_inverse(sigma), flat[path].dtype)
@@ -168,22 +172,26 @@ def moped(variables, deterministic, layers, delta: float, prior: str,
   return traverse_util.unflatten_dict(out, sep="/")
 
 
-def _moped_initial(config, exp_layers):
+def _check_source(source: str) -> None:
+  if not os.path.isdir(source) or not os.path.exists(os.path.join(source, "config.json")):
+    raise CheckpointError(f"config.bayes.init_from={source!r} is not a neurojax workdir (no "
+                          f"config.json); train the deterministic model there first")
+
+
+def _moped_initial(config):
   """setup's `initial`: the fresh state's variables from bayes.init_from."""
   source = config.bayes.init_from
 
   def initial(state):
     from neurojax.train.experiment import load_run  # pylint: disable=g-import-not-at-top
-    if not os.path.isdir(source) or not os.path.exists(os.path.join(source, "config.json")):
-      raise CheckpointError(f"config.bayes.init_from={source!r} is not a neurojax workdir (no "
-                            f"config.json); train the deterministic model there first")
+    _check_source(source)
     saved, _, det = load_run(source)
     if saved.model.name != config.model.name:
       raise CheckpointError(f"{source} trained a {saved.model.name}, but config.model.name="
                             f"{config.model.name!r}; set --config.model.name="
                             f"{saved.model.name}")
     new = moped(steps_lib.model_variables(state.params, state.batch_stats),
-                steps_lib.model_variables(det.params, det.batch_stats), exp_layers,
+                steps_lib.model_variables(det.params, det.batch_stats),
                 config.bayes.delta, config.bayes.prior, source=source)
     return state.replace(params=new["params"], batch_stats=new.get("batch_stats", {}))
   return initial
@@ -193,6 +201,8 @@ def run(config, workdir: str) -> dict:
   from neurojax.data import build_data  # pylint: disable=g-import-not-at-top
   from neurojax.methods import supervised  # pylint: disable=g-import-not-at-top
   validate(config)
+  if config.bayes.init_from and not os.path.exists(os.path.join(workdir, "config.json")):
+    _check_source(config.bayes.init_from)     # before the new workdir holds anything
   data = build_data(config)
   spec = model_spec(config, data.info.num_classes, data.info.image_shape)
   model = models.build(spec)
@@ -200,8 +210,8 @@ def run(config, workdir: str) -> dict:
   results, _ = supervised.train(
       config, workdir, objective=objective(config, data.info.num_train), method="bayes",
       predict=predict(model, samples), samples=max(samples, 1), data=data, model_spec=spec,
-      initial=_moped_initial(config, spec["options"]["layers"]) if config.bayes.init_from
-      else None,
+      initial=_moped_initial(config) if config.bayes.init_from else None,
+      resume_safe=RESUME_SAFE,
       extra={"bayes": {"layers": spec["options"]["layers"], "estimator": config.bayes.estimator,
                        "prior": config.bayes.prior, "eval_samples": samples,
                        "num_train": data.info.num_train,
