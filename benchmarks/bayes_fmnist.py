@@ -79,10 +79,10 @@ def main():
     finals = {m: [r["final"].get(m, 0.0) for r in by_seed.values()] for m in METRICS}
     row = {"run": variant}
     for m in METRICS:
-      scale = 100 if m in ("top1", "ece") else 1
+      scale, digits = (100, 2) if m in ("top1", "ece") else (1, 4)
       values = scale * np.asarray(finals[m])
-      row[m] = f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 \
-          else f"{values.mean():.2f}"
+      row[m] = (f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+                if len(values) > 1 else f"{values.mean():.{digits}f}")
     rows.append(row)
     for seed, r in by_seed.items():
       per_seed.append({"run": variant, "seed": seed, **{m: r["final"].get(m, 0.0)
