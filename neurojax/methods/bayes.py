@@ -76,8 +76,8 @@ def validate(config) -> None:
   config_lib.check_number(config, "bayes.mu_init", 0)
   config_lib.check_number(config, "bayes.kl_weight", 0)
   config_lib.check_number(config, "bayes.eval_samples", 0, integer=True)
-  lo, hi = (tuple(b.rho_init) + (None, None))[:2]
-  if len(tuple(b.rho_init)) != 2 or not lo <= hi:
+  rho_init = tuple(b.rho_init)
+  if len(rho_init) != 2 or not rho_init[0] <= rho_init[1]:
     raise config_lib.ConfigError(f"config.bayes.rho_init={tuple(b.rho_init)} must be (lo, hi) "
                                  f"with lo <= hi, e.g. (-5.0, -4.0)")
   try:
