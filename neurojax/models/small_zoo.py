@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from neurojax.models.layers import torch_conv, torch_dense
 from neurojax.models.registry import Stages, register
 from neurojax.models.vgg import _vgg
+from neurojax.nn import fastpath
 
 
 def layer_stages(*names: str) -> Stages:
@@ -65,7 +66,7 @@ class SCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, features in enumerate((6, 16), 1):
       x = nn.relu(torch_conv(x, features, 5, self.dtype, name=f"conv{i}"))
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = fastpath.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(torch_dense(x, 120, self.dtype, name="fc1"))
     x = nn.relu(torch_dense(x, 84, self.dtype, name="fc2"))
@@ -92,7 +93,7 @@ class AlexNetCIFAR(nn.Module):
     for i, (features, kernel, stride, padding, pool) in enumerate(ALEXNET_CIFAR, 1):
       x = nn.relu(torch_conv(x, features, kernel, self.dtype, stride, padding, name=f"conv{i}"))
       if pool:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = fastpath.max_pool(x, (2, 2), (2, 2))
     x = x.reshape(x.shape[0], -1)
     return torch_dense(x, self.num_classes, self.dtype, name="fc")
 

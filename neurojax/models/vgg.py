@@ -51,6 +51,7 @@ import jax.numpy as jnp
 
 from neurojax.models.layers import batch_norm, conv, pooled_classifier
 from neurojax.models.registry import ChannelGroup, Stages, register
+from neurojax.nn import fastpath
 
 # Convs (their widths) and max-pools: "M" 2x2/2, "P" 3x3/2 with padding 1.
 NR_CIFAR = (64, 64, 128, 128, "M") + (256,) * 4 + (512, 512, "M") + (512,) * 6
@@ -79,7 +80,7 @@ class VGG(nn.Module):
     i = 0
     for v in self.cfg:
       if v == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = fastpath.max_pool(x, (2, 2), strides=(2, 2))
       elif v == "P":
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
       else:

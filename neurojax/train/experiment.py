@@ -25,6 +25,7 @@ from absl import logging
 from neurojax import models, parallel, rng as rng_lib
 from neurojax.train import checkpoint as ckpt_lib
 from neurojax import losses
+from neurojax.nn import fastpath
 from neurojax.train import workdir as workdir_lib
 from neurojax.train import steps as steps_lib
 from neurojax.train.optimizers import make_optimizer
@@ -133,7 +134,7 @@ class Experiment:
       self._steps[key] = (self.model, tx, objective, steps_lib.jit_train_step(
           steps_lib.train_step_fn(self.model, tx, label_smoothing=c.label_smoothing,
                                   objective=objective, mix=c.mix, ema_decay=c.ema_decay),
-          self.mesh))
+          self.mesh, fastpath.compiler_options(self.model)))
     return self._steps[key][-1]
 
   def train_step_compiles(self) -> int:
@@ -158,7 +159,8 @@ class Experiment:
       if built[0] is not self.model:     # first use, or after a rebuild
         built[:] = [self.model, steps_lib.jit_eval_step(steps_lib.eval_step_fn(
             self.model, objective=objective, predict=predict, samples=samples,
-            both=bool(self.config.ema_decay)), self.mesh)]
+            both=bool(self.config.ema_decay)), self.mesh,
+            fastpath.compiler_options(self.model))]
       totals = steps_lib.sum_over_batches(built[1], state,
                                           self.data.eval.batches(), self.mesh,
                                           rng_lib.purpose_key(self.config.seed, rng_lib.EVAL))

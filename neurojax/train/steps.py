@@ -201,20 +201,22 @@ def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None
   return step
 
 
-def jit_train_step(step, mesh):
-  """Jits a train step with replicated, donated state and `data`-sharded batches."""
+def jit_train_step(step, mesh, compiler_options=None):
+  """Jits a train step with replicated, donated state and `data`-sharded
+  batches (`compiler_options`: XLA's, e.g. `fastpath.compiler_options(model)`)."""
   rep = parallel.replicated(mesh)
   return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=0)
+                 out_shardings=(rep, rep), donate_argnums=0, compiler_options=compiler_options)
 
 
-def jit_eval_step(step, mesh):
+def jit_eval_step(step, mesh, compiler_options=None):
   """Jits an eval step `(state, batch, key)`; the jitted one takes
   `(state, batch, base_key, batch_index)` and folds the index into the key."""
   rep = parallel.replicated(mesh)
   return jax.jit(lambda state, batch, base, index: step(state, batch,
                                                         jax.random.fold_in(base, index)),
-                 in_shardings=(rep, parallel.data_sharded(mesh), rep, rep), out_shardings=rep)
+                 in_shardings=(rep, parallel.data_sharded(mesh), rep, rep), out_shardings=rep,
+                 compiler_options=compiler_options)
 
 
 def sum_over_batches(eval_step, state, batches, mesh, key=None):

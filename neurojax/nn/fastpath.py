@@ -1,0 +1,118 @@
+"""Layer formulations chosen for XLA:CPU, behind the same modules.
+
+XLA:CPU lowers some layers' gradients far slower than the same arithmetic
+written another way: a 2x2 max-pool's gradient (select-and-scatter) took
+half of LeNet-5's train step. The models call the functions here instead of
+`flax.linen`'s; where the fast path applies they compute the same values in
+a form XLA:CPU runs well, and elsewhere they are Flax's own ops.
+
+On by default on CPU (`jax.default_backend() == "cpu"`); GPU and TPU keep
+XLA's native ops. `NEUROJAX_FASTPATH=on|off|auto` (read at import) or
+`set_mode` change that. The choice is made when a function is traced: set
+it before the first step is compiled.
+
+- `max_pool` with window == stride and no padding: a reshape and a max. Its
+  gradient goes to the first maximum of each window in row-major order, as
+  `lax.reduce_window`'s does, so the gradients are bit-identical.
+- XLA:CPU compile options a model asks for (its class's `xla_cpu_options`,
+  given to the jitted train and eval steps by `compiler_options(model)`):
+  LeNet-5 has its convolutions compiled to XLA's Eigen kernels instead of
+  YNNPACK's (`EIGEN_CONVS`), 1.8x faster for its step here. Not a global
+  default: on this jax (0.10.2) the same option makes ResNet-152's forward
+  run for minutes (YNNPACK: 0.1 s).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+_MODES = ("auto", "on", "off")
+_mode = os.environ.get("NEUROJAX_FASTPATH", "auto").lower()
+if _mode not in _MODES:
+  raise ValueError(f"NEUROJAX_FASTPATH={_mode!r} is not valid; use one of {', '.join(_MODES)}")
+
+
+# All of YNNPACK's fusion types but INDIVIDUAL_CONVOLUTION: dots,
+# reductions and elementwise fusions stay on YNNPACK.
+EIGEN_CONVS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+    f"LIBRARY_FUSION_TYPE_{t}" for t in ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE"))}
+
+
+def compiler_options(model) -> dict | None:
+  """The XLA compile options for `model`'s jitted steps: its class's
+  `xla_cpu_options` on the fast path when the default backend is the CPU,
+  else None (XLA's defaults)."""
+  options = getattr(type(model), "xla_cpu_options", None)
+  return dict(options) if options and enabled() and jax.default_backend() == "cpu" else None
+
+
+def set_mode(mode: str) -> None:
+  """"auto" (on when the default backend is the CPU), "on" or "off"; it
+  applies to the functions traced from then on."""
+  global _mode
+  if mode not in _MODES:
+    raise ValueError(f"fastpath mode {mode!r} is not valid; use one of {', '.join(_MODES)}")
+  _mode = mode
+
+
+def enabled() -> bool:
+  return _mode == "on" or (_mode == "auto" and jax.default_backend() == "cpu")
+
+
+def _tiles(x, window):
+  """NHWC -> (N, H/wh, wh, W/ww, ww, C)."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h // window[0], window[0], w // window[1], window[1], c)
+
+
+def _window_max(x, window):
+  return jnp.max(_tiles(x, window), axis=(2, 4))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _tiled_max_pool(x, window):
+  return _window_max(x, window)
+
+
+def _tiled_max_pool_fwd(x, window):
+  y = _window_max(x, window)
+  return y, (x, y)
+
+
+def _tiled_max_pool_bwd(window, res, g):
+  x, y = res
+  wh, ww = window
+  # Each element's row-major position in its window; the gradient goes to
+  # the lowest position holding the maximum (select-and-scatter's choice).
+  position = (jnp.arange(wh)[:, None] * ww + jnp.arange(ww)[None, :]).reshape(1, 1, wh, 1, ww, 1)
+  at_max = _tiles(x, window) == y[:, :, None, :, None, :]
+  first = jnp.min(jnp.where(at_max, position, wh * ww), axis=(2, 4), keepdims=True)
+  dx = jnp.where(position == first, g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+  return (dx.reshape(x.shape),)
+
+
+_tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
+
+
+def _tiles_exactly(x, window, strides, padding) -> bool:
+  no_padding = padding == "VALID" or all(tuple(p) == (0, 0) for p in padding)
+  return (x.ndim == 4 and tuple(strides) == tuple(window) and no_padding
+          and x.shape[1] % window[0] == 0 and x.shape[2] % window[1] == 0)
+
+
+def max_pool(x, window, strides=None, padding="VALID"):
+  """`flax.linen.max_pool` on NHWC inputs; a reshape + max on the fast path."""
+  window = tuple(window)
+  strides = window if strides is None else tuple(strides)
+  if enabled() and _tiles_exactly(x, window, strides, padding):
+    return _tiled_max_pool(x, window)
+  return nn.max_pool(x, window, strides=strides, padding=padding)
+
