@@ -1,9 +1,14 @@
-"""Training throughput of LeNet-5: neurojax's jitted train step vs PyTorch eager (CPU).
+"""Training throughput: neurojax's jitted train step vs PyTorch eager (CPU).
 
-The model is Han et al.'s (Caffe) LeNet-5 (conv 20@5x5, max-pool 2, conv 50@5x5,
-max-pool 2, fc 500 + ReLU, fc 10; 431,080 params) on 28x28x1 inputs. Every
-side does the same work per step: forward, softmax cross-entropy with label
-smoothing 0.1, backward, and SGD (lr 0.05, momentum 0.9, weight decay 5e-4).
+Two models (`--model`):
+  lenet5    Han et al.'s (Caffe) LeNet-5 (conv 20@5x5, max-pool 2, conv 50@5x5,
+            max-pool 2, fc 500 + ReLU, fc 10; 431,080 params) on 28x28x1.
+  resnet20  He et al.'s CIFAR ResNet-20 (BN, stride-2 convs, option-A
+            shortcuts; 269,722 params; the FPGM/Dit model) on 32x32x3.
+Every side does the same work per step: forward, softmax cross-entropy with
+label smoothing 0.1, backward, and SGD (lr 0.05, momentum 0.9, weight decay
+5e-4 on every parameter); BN in training mode (batch statistics, running
+statistics updated with momentum 0.1).
 
 Three benchmarks, run interleaved in blocks of `--steps` steps for `--rounds`
 rounds (the order rotates every round, so slow phases of a shared machine hit
@@ -21,10 +26,14 @@ The host batches are made before each block, outside the timed region. After
 the first JAX step no XLA compilation may happen; the script counts backend
 compile events and the jitted step's cache entries, and fails if either grows.
 
+`--fastpath off` turns off neurojax's XLA:CPU layer formulations and
+compile options (`neurojax.nn.fastpath`; on by default on CPU): the
+"before" of the README.
+
 Usage:
   make bench                                   # installs torch (the `convert` extra)
-  .venv/bin/python benchmarks/throughput.py [--rounds 8] [--steps 25] [--batch 128]
-Writes benchmarks/out/throughput.json.
+  .venv/bin/python benchmarks/throughput.py [--model lenet5] [--rounds 8] [--steps 25] [--batch 128]
+Writes benchmarks/out/throughput_<model>.json.
 """
 
 from __future__ import annotations
@@ -58,14 +67,13 @@ if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
 from neurojax import models, parallel  # noqa: E402
+from neurojax.nn import fastpath  # noqa: E402
 from neurojax.train import steps  # noqa: E402
 from neurojax.train.state import create_train_state  # noqa: E402
 
-IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
-LENET5_PARAMS = 431_080
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING = 0.05, 0.9, 5e-4, 0.1
-OUT = Path(__file__).resolve().parent / "out" / "throughput.json"
+OUT_DIR = Path(__file__).resolve().parent / "out"
 NAMES = ("jax_compute", "jax_e2e", "torch")
 
 
@@ -87,31 +95,34 @@ class CompileCounter:
 # --------------------------------------------------------------------------
 # Data: host batches shared by both frameworks.
 
-def host_batches(rng: np.random.Generator, n: int, batch: int) -> list[dict]:
+def host_batches(rng: np.random.Generator, n: int, batch: int, shape) -> list[dict]:
   """`n` distinct host batches: NHWC float32 images in [0, 1) (like scaled pixels;
   unit Gaussians make this lr diverge within a few hundred steps) and int32 labels."""
-  return [{"image": rng.random((batch, *IMAGE_SHAPE), dtype=np.float32),
+  return [{"image": rng.random((batch, *shape), dtype=np.float32),
            "label": rng.integers(0, NUM_CLASSES, (batch,), dtype=np.int32)}
           for _ in range(n)]
 
 
 def torch_view(b: dict):
-  """NHWC with C=1 has the memory layout of NCHW: a reshape, no copy."""
-  x = torch.from_numpy(b["image"]).reshape(-1, 1, *IMAGE_SHAPE[:2])
+  """NCHW torch tensors. With C=1, NHWC has NCHW's memory layout (a reshape,
+  no copy); otherwise the transpose is PyTorch's channels-last view, which
+  its convs take as is."""
+  x = torch.from_numpy(b["image"]).permute(0, 3, 1, 2)
   return x, torch.from_numpy(b["label"]).long()
 
 
 # --------------------------------------------------------------------------
 # neurojax side.
 
-def build_jax(seed: int):
+def build_jax(name: str, seed: int):
   mesh = parallel.make_mesh(jax.devices()[:1])
-  model = models.get_model("lenet5", num_classes=NUM_CLASSES)
+  model = models.get_model(name, num_classes=NUM_CLASSES)
   tx = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.sgd(LR, momentum=MOMENTUM))
-  state = create_train_state(model, tx, jax.random.PRNGKey(seed), IMAGE_SHAPE,
+  state = create_train_state(model, tx, jax.random.PRNGKey(seed), MODELS[name]["shape"],
                              parallel.replicated(mesh))
   step = steps.jit_train_step(
-      steps.train_step_fn(model, tx, label_smoothing=LABEL_SMOOTHING), mesh)
+      steps.train_step_fn(model, tx, label_smoothing=LABEL_SMOOTHING), mesh,
+      fastpath.compiler_options(model))
   return mesh, state, step
 
 
@@ -143,15 +154,59 @@ class TorchLeNet5(torch.nn.Module):
     return self.fc2(x)
 
 
-def build_torch(seed: int):
+class TorchBasicBlock(torch.nn.Module):
+  """A CIFAR BasicBlock with the option-A shortcut (subsample, zero-pad)."""
+
+  def __init__(self, cin, cout, stride):
+    super().__init__()
+    self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = torch.nn.BatchNorm2d(cout)
+    self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = torch.nn.BatchNorm2d(cout)
+    self.stride, self.extra = stride, cout - cin
+
+  def forward(self, x):
+    out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    short = x
+    if self.stride != 1 or self.extra:
+      short = F.pad(x[:, :, ::self.stride, ::self.stride],
+                    (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+    return F.relu(out + short)
+
+
+class TorchResNet20(torch.nn.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.conv1 = torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    self.bn1 = torch.nn.BatchNorm2d(16)
+    blocks, cin = [], 16
+    for stage in range(3):
+      for block in range(3):
+        cout = 16 * 2**stage
+        blocks.append(TorchBasicBlock(cin, cout, 2 if stage and not block else 1))
+        cin = cout
+    self.blocks = torch.nn.Sequential(*blocks)
+    self.fc = torch.nn.Linear(64, NUM_CLASSES)
+
+  def forward(self, x):
+    x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+    return self.fc(x.mean(dim=(2, 3)))
+
+
+def build_torch(name: str, seed: int):
   torch.manual_seed(seed)
-  net = TorchLeNet5().train()
+  net = MODELS[name]["torch"]().train()
   opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
   return net, opt, loss_fn
 
 
-def load_flax_params(net: TorchLeNet5, p: dict) -> None:
+def _t(a):
+  return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def load_lenet5(net: TorchLeNet5, p: dict, stats: dict) -> None:
   """Copies neurojax LeNet-5 params (HWIO kernels, NHWC flatten) into `net`."""
   def t(a):
     return torch.from_numpy(np.ascontiguousarray(a))
@@ -164,6 +219,47 @@ def load_flax_params(net: TorchLeNet5, p: dict) -> None:
     net.fc2.weight.copy_(t(p["fc2"]["kernel"].T))
     for name in ("conv1", "conv2", "fc1", "fc2"):
       getattr(net, name).bias.copy_(t(p[name]["bias"]))
+
+
+def load_resnet20(net: TorchResNet20, p: dict, stats: dict) -> None:
+  """Copies neurojax resnet20 params and BN statistics into `net`."""
+  def conv(m, k):
+    m.weight.copy_(_t(k["kernel"].transpose(3, 2, 0, 1)))
+
+  def bn(m, k, s):
+    m.weight.copy_(_t(k["scale"]))
+    m.bias.copy_(_t(k["bias"]))
+    m.running_mean.copy_(_t(s["mean"]))
+    m.running_var.copy_(_t(s["var"]))
+  with torch.no_grad():
+    conv(net.conv1, p["conv1"])
+    bn(net.bn1, p["bn1"], stats["bn1"])
+    for i, block in enumerate(net.blocks):
+      name = f"stage{i // 3 + 1}_block{i % 3}"
+      for c in ("conv1", "conv2"):
+        conv(getattr(block, c), p[name][c])
+      for b in ("bn1", "bn2"):
+        bn(getattr(block, b), p[name][b], stats[name][b])
+    net.fc.weight.copy_(_t(p["fc"]["kernel"].T))
+    net.fc.bias.copy_(_t(p["fc"]["bias"]))
+
+
+def check_params(name, net, p1) -> float:
+  """The max |difference| of two updated weights: the first conv and the head."""
+  head = net.fc2 if name == "lenet5" else net.fc
+  with torch.no_grad():
+    torch_head = head.weight.numpy().T
+    torch_conv1 = net.conv1.weight.numpy().transpose(2, 3, 1, 0)
+  return max(float(np.max(np.abs(torch_head - p1["fc2" if name == "lenet5" else "fc"]["kernel"]))),
+             float(np.max(np.abs(torch_conv1 - p1["conv1"]["kernel"]))))
+
+
+MODELS = {
+    "lenet5": {"shape": (28, 28, 1), "params": 431_080, "torch": TorchLeNet5,
+               "load": load_lenet5},
+    "resnet20": {"shape": (32, 32, 3), "params": 269_722, "torch": TorchResNet20,
+                 "load": load_resnet20},
+}
 
 
 def torch_step(net, opt, loss_fn, x, y):
@@ -221,7 +317,11 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=128, help="global batch size (default 128)")
   p.add_argument("--warmup", type=int, default=10, help="untimed warm-up steps per benchmark")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", type=Path, default=OUT, help=f"JSON output (default {OUT})")
+  p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
+  p.add_argument("--fastpath", choices=("auto", "on", "off"), default="auto",
+                 help="neurojax.nn.fastpath's XLA:CPU layer formulations (default auto: on on CPU)")
+  p.add_argument("--out", type=Path, default=None,
+                 help=f"JSON output (default {OUT_DIR}/throughput_<model>.json)")
   return p.parse_args(argv)
 
 
@@ -256,6 +356,7 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   if args.rounds < 1 or args.steps < 1 or args.batch < 1:
     sys.exit("--rounds, --steps and --batch must be positive")
+  fastpath.set_mode(args.fastpath)
   compiles = CompileCounter()
   env = environment()
   load_start = os.getloadavg()
@@ -271,14 +372,17 @@ def main(argv=None) -> dict:
   rng = np.random.default_rng(args.seed)
 
   # ---- Build both sides and check they compute the same step.
-  mesh, state, step = build_jax(args.seed)
-  net, opt, loss_fn = build_torch(args.seed)
+  spec = MODELS[args.model]
+  mesh, state, step = build_jax(args.model, args.seed)
+  net, opt, loss_fn = build_torch(args.model, args.seed)
   n_jax, n_torch = count_params(state.params), sum(p.numel() for p in net.parameters())
-  assert n_jax == n_torch == LENET5_PARAMS, (n_jax, n_torch)
+  assert n_jax == n_torch == spec["params"], (n_jax, n_torch)
   p0 = host_params(state)
-  load_flax_params(net, p0)
+  spec["load"](net, p0, jax.device_get(state.batch_stats))
 
-  first = host_batches(rng, 1, args.batch)[0]
+  def batches(n):
+    return host_batches(rng, n, args.batch, spec["shape"])
+  first = batches(1)[0]
   compiles_before_first = compiles.count
   t0 = time.perf_counter()
   state, metrics = step(state, parallel.shard_batch(first, mesh))
@@ -290,12 +394,7 @@ def main(argv=None) -> dict:
 
   torch_loss = torch_step(net, opt, loss_fn, *torch_view(first)).item()
   jax_loss = float(metrics["loss"])
-  p1 = host_params(state)
-  with torch.no_grad():
-    torch_fc2 = net.fc2.weight.numpy().T
-    torch_conv1 = net.conv1.weight.numpy().transpose(2, 3, 1, 0)
-  param_diff = max(float(np.max(np.abs(torch_fc2 - p1["fc2"]["kernel"]))),
-                   float(np.max(np.abs(torch_conv1 - p1["conv1"]["kernel"]))))
+  param_diff = check_params(args.model, net, host_params(state))
   print(f"first JAX step (incl. compile): {first_step_s:.2f} s, "
         f"{compiles_first_step} backend compile(s)")
   print(f"same-step check from identical params: loss jax {jax_loss:.6f} vs torch "
@@ -304,8 +403,8 @@ def main(argv=None) -> dict:
     sys.exit("the JAX and PyTorch steps disagree; the comparison would not be like for like")
 
   # ---- Warm-up (untimed).
-  device_batch = parallel.shard_batch(host_batches(rng, 1, args.batch)[0], mesh)
-  warm = host_batches(rng, args.warmup, args.batch)
+  device_batch = parallel.shard_batch(batches(1)[0], mesh)
+  warm = batches(args.warmup)
   state, _ = time_jax_compute(step, state, device_batch, args.warmup)
   state, _ = time_jax_e2e(step, state, mesh, warm)
   time_torch(net, opt, loss_fn, warm)
@@ -316,13 +415,15 @@ def main(argv=None) -> dict:
     order = NAMES[r % 3:] + NAMES[:r % 3]  # rotate the order each round
     for name in order:
       if name == "jax_compute":
+        # A new batch each round: ~80 steps on one batch diverge at this lr.
+        device_batch = parallel.shard_batch(batches(1)[0], mesh)
         state, dt = time_jax_compute(step, state, device_batch, args.steps)
       else:
-        batches = host_batches(rng, args.steps, args.batch)  # fresh, outside the timing
+        fresh = batches(args.steps)  # fresh, outside the timing
         if name == "jax_e2e":
-          state, dt = time_jax_e2e(step, state, mesh, batches)
+          state, dt = time_jax_e2e(step, state, mesh, fresh)
         else:
-          dt = time_torch(net, opt, loss_fn, batches)
+          dt = time_torch(net, opt, loss_fn, fresh)
       rates[name].append(args.steps * args.batch / dt)
     print(f"round {r + 1}/{args.rounds}: " +
           ", ".join(f"{k} {rates[k][-1]:8.0f} img/s" for k in NAMES), flush=True)
@@ -362,8 +463,8 @@ def main(argv=None) -> dict:
 
   result = {
       "environment": env,
-      "config": {"model": "lenet5", "params": n_jax, "batch": args.batch,
-                 "image_shape": list(IMAGE_SHAPE), "rounds": args.rounds, "steps": args.steps,
+      "config": {"model": args.model, "fastpath": fastpath.enabled(), "params": n_jax,
+                 "batch": args.batch, "image_shape": list(spec["shape"]), "rounds": args.rounds, "steps": args.steps,
                  "warmup": args.warmup, "seed": args.seed, "lr": LR, "momentum": MOMENTUM,
                  "weight_decay": WEIGHT_DECAY, "label_smoothing": LABEL_SMOOTHING},
       "images_per_sec": {k: {"median": median[k], "rounds": rates[k]} for k in NAMES},
@@ -381,6 +482,7 @@ def main(argv=None) -> dict:
       "load_average": {"start": list(load_start), "end": list(load_end)},
       "table_markdown": table,
   }
+  args.out = args.out or OUT_DIR / f"throughput_{args.model}.json"
   args.out.parent.mkdir(parents=True, exist_ok=True)
   args.out.write_text(json.dumps(result, indent=2) + "\n")
   print(f"wrote {args.out}")
