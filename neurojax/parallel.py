@@ -8,6 +8,8 @@ feeds only its own rows of the global batch.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -93,3 +95,25 @@ def to_host(tree):
       return np.asarray(x.addressable_data(0))
     return np.asarray(x) if isinstance(x, jax.Array) else x
   return jax.tree.map(get, tree)
+
+
+_COLLECTIVE = re.compile(
+    r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|"
+    r"ragged-all-to-all|collective-permute|collective-broadcast)(?:-start)?\(", re.M)
+_ARRAY = re.compile(r"\b(pred|[a-z]+\d+[a-z0-9]*)\[([\d,]*)\]")
+
+
+def hlo_collectives(hlo_text: str) -> list[tuple[str, list[int]]]:
+  """The collectives of an HLO module's text (`jitted.lower(...).compile().as_text()`):
+  (op, the byte size of each array of its result), in the text's order.
+
+  XLA combines all-reduces into one over a tuple, so an op may have several
+  arrays; its bytes are their sum. Each op counts once as written (also one
+  in a loop body); async pairs count once, at the `-start` (an async
+  all-gather's result also holds its operand).
+  """
+  def nbytes(dtype, dims):
+    bits = 8 if dtype == "pred" else int(re.search(r"\d+", dtype).group())
+    return int(np.prod([int(d) for d in dims.split(",") if d], dtype=np.int64)) * bits // 8
+  return [(m.group(2), [nbytes(*a) for a in _ARRAY.findall(m.group(1))])
+          for m in _COLLECTIVE.finditer(hlo_text)]
