@@ -75,7 +75,7 @@ def arms_for(name: str, batch: int, seed: int):
 
   fast = fastpath.EIGEN_CONVS
   levers = {"eigen_convs": {"XLA default (YNNPACK convs)": (compiled("on", {}), 1),
-                          "fastpath flags (Eigen convs)": (compiled("on", fast), 1)},
+                          "fastpath.EIGEN_CONVS (Eigen convs)": (compiled("on", fast), 1)},
             "scan4": {"1 step per dispatch": (compiled("on", fast), 1),
                       "lax.scan, 4 steps per dispatch": (compiled("on", fast, scan=True), 4)}}
   if name == "lenet5":
