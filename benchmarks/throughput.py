@@ -21,6 +21,8 @@ all of them alike); each reports the median images/s over rounds:
                `parallel.shard_batch`, metrics fetched at the end of the block.
   torch        PyTorch eager: zero_grad / forward / backward / step on fresh
                host batches (`torch.from_numpy`, no copy).
+  torch_compile  (with --torch-compile) the same with `torch.compile(net)`,
+               a second anchor.
 
 The host batches are made before each block, outside the timed region. After
 the first JAX step no XLA compilation may happen; the script counts backend
@@ -320,6 +322,8 @@ def parse_args(argv=None):
   p.add_argument("--model", choices=sorted(MODELS), default="lenet5")
   p.add_argument("--fastpath", choices=("auto", "on", "off"), default="auto",
                  help="neurojax.nn.fastpath's XLA:CPU layer formulations (default auto: on on CPU)")
+  p.add_argument("--torch-compile", action="store_true",
+                 help="also time torch.compile(net) (inductor; compiles for a minute or more)")
   p.add_argument("--out", type=Path, default=None,
                  help=f"JSON output (default {OUT_DIR}/throughput_<model>.json)")
   return p.parse_args(argv)
@@ -377,8 +381,8 @@ def main(argv=None) -> dict:
   net, opt, loss_fn = build_torch(args.model, args.seed)
   n_jax, n_torch = count_params(state.params), sum(p.numel() for p in net.parameters())
   assert n_jax == n_torch == spec["params"], (n_jax, n_torch)
-  p0 = host_params(state)
-  spec["load"](net, p0, jax.device_get(state.batch_stats))
+  p0, p0_stats = host_params(state), jax.device_get(state.batch_stats)
+  spec["load"](net, p0, p0_stats)
 
   def batches(n):
     return host_batches(rng, n, args.batch, spec["shape"])
@@ -408,11 +412,20 @@ def main(argv=None) -> dict:
   state, _ = time_jax_compute(step, state, device_batch, args.warmup)
   state, _ = time_jax_e2e(step, state, mesh, warm)
   time_torch(net, opt, loss_fn, warm)
+  names = NAMES
+  if args.torch_compile:       # a second anchor: the same net, from the same params
+    names = NAMES + ("torch_compile",)
+    net_c, opt_c, _ = build_torch(args.model, args.seed)
+    spec["load"](net_c, p0, jax.device_get(p0_stats))
+    net_c = torch.compile(net_c)
+    t0 = time.perf_counter()
+    time_torch(net_c, opt_c, loss_fn, warm)
+    print(f"torch.compile warm-up (incl. compile): {time.perf_counter() - t0:.1f} s")
 
   # ---- Interleaved timed rounds.
-  rates = {k: [] for k in NAMES}
+  rates = {k: [] for k in names}
   for r in range(args.rounds):
-    order = NAMES[r % 3:] + NAMES[:r % 3]  # rotate the order each round
+    order = names[r % len(names):] + names[:r % len(names)]  # rotate the order each round
     for name in order:
       if name == "jax_compute":
         # A new batch each round: ~80 steps on one batch diverge at this lr.
@@ -422,11 +435,13 @@ def main(argv=None) -> dict:
         fresh = batches(args.steps)  # fresh, outside the timing
         if name == "jax_e2e":
           state, dt = time_jax_e2e(step, state, mesh, fresh)
-        else:
+        elif name == "torch":
           dt = time_torch(net, opt, loss_fn, fresh)
+        else:
+          dt = time_torch(net_c, opt_c, loss_fn, fresh)
       rates[name].append(args.steps * args.batch / dt)
     print(f"round {r + 1}/{args.rounds}: " +
-          ", ".join(f"{k} {rates[k][-1]:8.0f} img/s" for k in NAMES), flush=True)
+          ", ".join(f"{k} {rates[k][-1]:8.0f} img/s" for k in names), flush=True)
 
   compiles_after = compiles.count - compiles_after_first
   cache_size = step._cache_size()
@@ -434,7 +449,7 @@ def main(argv=None) -> dict:
   median = {k: statistics.median(v) for k, v in rates.items()}
   # Ratios within a round (blocks seconds apart) cancel slow drifts in the load.
   round_ratio = {k: statistics.median(a / b for a, b in zip(rates[k], rates["torch"]))
-                 for k in ("jax_compute", "jax_e2e")}
+                 for k in names if k != "torch"}
 
   # ---- Report.
   def spread(v):
@@ -444,6 +459,8 @@ def main(argv=None) -> dict:
       ("neurojax train step, end to end (shard_batch of fresh host batches)", "jax_e2e"),
       (f"PyTorch {torch.__version__} eager, {env['torch_num_threads']} threads", "torch"),
   ]
+  if "torch_compile" in names:
+    rows.append((f"PyTorch {torch.__version__} torch.compile (inductor)", "torch_compile"))
   lines = ["| benchmark | median images/s | min–max over rounds | ratio vs torch |",
            "|---|---:|---:|---:|"]
   for label, k in rows:
@@ -467,7 +484,7 @@ def main(argv=None) -> dict:
                  "batch": args.batch, "image_shape": list(spec["shape"]), "rounds": args.rounds, "steps": args.steps,
                  "warmup": args.warmup, "seed": args.seed, "lr": LR, "momentum": MOMENTUM,
                  "weight_decay": WEIGHT_DECAY, "label_smoothing": LABEL_SMOOTHING},
-      "images_per_sec": {k: {"median": median[k], "rounds": rates[k]} for k in NAMES},
+      "images_per_sec": {k: {"median": median[k], "rounds": rates[k]} for k in names},
       "ratio_jax_over_torch": {"compute": median["jax_compute"] / median["torch"],
                                "e2e": median["jax_e2e"] / median["torch"],
                                "compute_median_of_round_ratios": round_ratio["jax_compute"],

@@ -30,9 +30,6 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 _MODES = ("auto", "on", "off")
 _mode = os.environ.get("NEUROJAX_FASTPATH", "auto").lower()
