@@ -76,9 +76,11 @@ def test_lenet5_step_is_the_same_with_and_without_the_fast_path(mode):
 def test_modes_and_compiler_options(mode):
   mode("on")
   assert fastpath.enabled()
-  lenet, resnet = (models.get_model(n, num_classes=10) for n in ("lenet5", "resnet20"))
+  lenet, cifar, imagenet = (models.get_model(n, num_classes=10)
+                            for n in ("lenet5", "resnet20", "resnet18"))
   assert fastpath.compiler_options(lenet) == fastpath.EIGEN_CONVS
-  assert fastpath.compiler_options(resnet) is None
+  assert fastpath.compiler_options(cifar) == fastpath.EIGEN_CONVS
+  assert fastpath.compiler_options(imagenet) is None     # see fastpath's docstring
   mode("off")
   assert not fastpath.enabled() and fastpath.compiler_options(lenet) is None
   mode("auto")
