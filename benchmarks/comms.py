@@ -38,7 +38,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("NEUROJAX_FASTPATH", "off")  # the layer formulations a TPU gets
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
@@ -48,7 +47,6 @@ if _ROOT not in sys.path:
 
 from neurojax import models, parallel  # noqa: E402
 from neurojax.train import steps  # noqa: E402
-from neurojax.train.state import create_train_state  # noqa: E402
 
 MODELS = {"lenet5": ((28, 28, 1), 10), "resnet20": ((32, 32, 3), 10),
           "resnet50": ((224, 224, 3), 1000)}
@@ -75,17 +73,10 @@ def measure(name: str) -> dict:
   mesh = parallel.make_mesh()
   model = models.get_model(name, num_classes=num_classes)
   tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
-  # The state's shapes (lowering reads only shapes, dtypes and shardings).
-  state = jax.eval_shape(lambda key: create_train_state(model, tx, key, shape),
-                         jax.random.PRNGKey(0))
-  rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
-  n = PER_DEVICE_BATCH * mesh.devices.size
-  batch = {"image": jax.ShapeDtypeStruct((n, *shape), jnp.float32, sharding=data),
-           "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=data)}
   t0 = time.perf_counter()
-  compiled = steps.jit_train_step(steps.train_step_fn(model, tx), mesh).lower(
-      state, batch).compile()
+  lowered, state = steps.lower_train_step(model, tx, mesh, shape,
+                                          PER_DEVICE_BATCH * mesh.devices.size)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   colls = parallel.hlo_collectives(compiled.as_text())
   if {op for op, _ in colls} != {"all-reduce"}:

@@ -12,38 +12,26 @@ or moves the (replicated) params.
 from collections import Counter
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from neurojax import models, parallel
 from neurojax.train import steps
-from neurojax.train.state import create_train_state
 
 F32 = 4
 METRIC_SCALARS = 3  # loss (= loss_ce, one value), top1, top5: global batch means
 
 
 def _compiled_step(name, input_shape, batch_size):
-  """The optimized HLO text of the train step on 8 devices, and the state's shapes.
-
-  The state is `create_train_state`'s, taken with `jax.eval_shape` and
-  given its replicated sharding: the compiled program is the one a real
-  state gets (lowering reads only shapes, dtypes and shardings), without
-  compiling and running the init.
-  """
+  """The optimized HLO text of the train step on 8 devices, and the state's
+  shapes (`steps.lower_train_step`: the program a real state gets, without
+  compiling and running the init)."""
   assert jax.device_count() == 8, "conftest should give 8 fake CPU devices"
-  mesh = parallel.make_mesh()
   model = models.get_model(name, num_classes=10)
   tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
-  state = jax.eval_shape(lambda key: create_train_state(model, tx, key, input_shape),
-                         jax.random.PRNGKey(0))
-  rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
-  batch = {"image": jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=data),
-           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
-  step = steps.jit_train_step(steps.train_step_fn(model, tx, label_smoothing=0.1), mesh)
-  return step.lower(state, batch).compile().as_text(), state
+  lowered, state = steps.lower_train_step(model, tx, parallel.make_mesh(), input_shape,
+                                          batch_size, label_smoothing=0.1)
+  return lowered.compile().as_text(), state
 
 
 def _sizes(tree):

@@ -10,6 +10,7 @@ import pytest
 
 from neurojax import models
 from neurojax.nn import fastpath
+from neurojax.nn.bayes import Bayesian
 from neurojax.train import steps
 from neurojax.train.state import create_train_state
 
@@ -81,6 +82,7 @@ def test_modes_and_compiler_options(mode):
   assert fastpath.compiler_options(lenet) == fastpath.EIGEN_CONVS
   assert fastpath.compiler_options(cifar) == fastpath.EIGEN_CONVS
   assert fastpath.compiler_options(imagenet) is None     # see fastpath's docstring
+  assert fastpath.compiler_options(Bayesian(lenet)) == fastpath.EIGEN_CONVS  # passed on
   mode("off")
   assert not fastpath.enabled() and fastpath.compiler_options(lenet) is None
   mode("auto")

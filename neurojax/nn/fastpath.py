@@ -45,10 +45,11 @@ EIGEN_CONVS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
 
 
 def compiler_options(model) -> dict | None:
-  """The XLA compile options for `model`'s jitted steps: its class's
-  `xla_cpu_options` on the fast path when the default backend is the CPU,
-  else None (XLA's defaults)."""
-  options = getattr(type(model), "xla_cpu_options", None)
+  """The XLA compile options for `model`'s jitted steps: its
+  `xla_cpu_options` (a class attribute; wrappers that pass attributes on to
+  the model they wrap, such as `nn.bayes.Bayesian`, have its) on the fast
+  path when the default backend is the CPU, else None (XLA's defaults)."""
+  options = getattr(model, "xla_cpu_options", None)
   return dict(options) if options and enabled() and jax.default_backend() == "cpu" else None
 
 

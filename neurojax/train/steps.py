@@ -29,7 +29,7 @@ import optax
 from neurojax import parallel, rng as rng_lib
 from neurojax import losses
 from neurojax.train import mix as mix_lib
-from neurojax.train.state import TrainState
+from neurojax.train.state import TrainState, create_train_state
 
 # (params, model outputs, batch, state) -> scalar. The batch holds "image"
 # (mixed, with mixup/cutmix), "label" and, when mixed, "mix_lam".
@@ -207,6 +207,22 @@ def jit_train_step(step, mesh, compiler_options=None):
   rep = parallel.replicated(mesh)
   return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)),
                  out_shardings=(rep, rep), donate_argnums=0, compiler_options=compiler_options)
+
+
+def lower_train_step(model, tx, mesh, input_shape, batch_size: int, compiler_options=None,
+                     **step_kwargs):
+  """The jitted train step (`train_step_fn(model, tx, **step_kwargs)`) lowered
+  for a float32 global batch of `batch_size` and `create_train_state`'s
+  state, given only as shapes and shardings: nothing is initialised or run.
+  `.compile().as_text()` is the optimized program (`parallel.hlo_collectives`)."""
+  rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  state = jax.eval_shape(lambda key: create_train_state(model, tx, key, input_shape),
+                         jax.random.PRNGKey(0))
+  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
+  batch = {"image": jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=data),
+           "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
+  step = jit_train_step(train_step_fn(model, tx, **step_kwargs), mesh, compiler_options)
+  return step.lower(state, batch), state
 
 
 def jit_eval_step(step, mesh, compiler_options=None):
