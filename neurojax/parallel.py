@@ -38,6 +38,20 @@ def initialize(dist_config) -> None:
         num_processes=dist_config.num_processes,
         process_id=dist_config.process_id,
     )
+  _orbax_barriers_off_the_devices()
+
+
+def _orbax_barriers_off_the_devices() -> None:
+  """Makes orbax's barriers wait on the distributed client, not on a device
+  all-gather (its default). Its async-save thread runs barriers while the
+  main thread's train steps all-reduce; as device collectives the two can
+  reach the processes in different orders and deadlock them (seen with
+  gloo, 1 run in many). The client's barrier touches no device."""
+  import orbax.checkpoint  # pylint: disable=g-import-not-at-top,unused-import  (defines the flag)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():   # a library user's process: absl flags keep their defaults
+    flags.FLAGS.mark_as_parsed()
+  flags.FLAGS["experimental_orbax_use_distributed_barrier"].value = True
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "tiny_config.py")
@@ -13,6 +16,7 @@ def env(devices: int = 1) -> dict:
   e = dict(os.environ)
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  e["PYTHONFAULTHANDLER"] = "1"   # SIGABRT prints every thread's Python stack
   return e
 
 
@@ -27,6 +31,34 @@ def run(workdir, *overrides, devices=1, config=TINY, check=True, timeout=300):
   if check and proc.returncode != 0:
     raise AssertionError(f"neurojax.main failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
   return proc
+
+
+def run_together(commands, devices=1, timeout=240, retries=1) -> list[tuple[str, str]]:
+  """Runs the processes of one multi-process run, `commands(port)` with a
+  free coordinator port, and returns their (stdout, stderr); fails if any
+  exits non-zero. A hang is retried `retries` times on a new port (a rare
+  gloo hang on this 2-core machine; the processes' stacks are printed as a
+  warning), and fails with them after that."""
+  import portpicker  # pylint: disable=g-import-not-at-top
+  procs = [subprocess.Popen(c, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for c in commands(portpicker.pick_unused_port())]
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+    time.sleep(0.2)
+  hung = [i for i, p in enumerate(procs) if p.poll() is None]
+  for i in hung:
+    procs[i].send_signal(signal.SIGABRT)   # PYTHONFAULTHANDLER: every thread's stack
+  outputs = [p.communicate() for p in procs]
+  stacks = "\n".join(f"--- process {i} of {len(procs)}, stderr:\n{err[-6000:]}"
+                     for i, (_, err) in enumerate(outputs))
+  if hung and retries:
+    warnings.warn(f"processes {hung} hung for {timeout} s; retrying once.\n{stacks}")
+    return run_together(commands, devices, timeout, retries - 1)
+  if hung or any(p.returncode for p in procs):
+    why = (f"processes {hung} hung for {timeout} s" if hung else
+           f"exit codes {[p.returncode for p in procs]}")
+    raise AssertionError(f"{why}\n{stacks}")
+  return outputs
 
 
 def last_metrics(workdir) -> dict:

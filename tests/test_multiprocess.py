@@ -1,12 +1,11 @@
 """Two processes (jax.distributed + gloo) x 2 devices == 1 process x 4 devices."""
 
-import subprocess
+import sys
 
 import chex
 import jax
-import portpicker
 
-from cli import command, env, last_metrics, run
+from cli import command, last_metrics, run, run_together
 from neurojax.train.experiment import load_run
 
 STEPS = ["--config.num_steps=6", "--config.checkpoint_every_steps=3",
@@ -29,16 +28,11 @@ def test_two_processes_match_one(tmp_path):
   run(single, *steps, devices=4)
 
   multi = tmp_path / "multi"
-  port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
+  outputs = run_together(lambda port: [
       command(multi, *steps, "--config.distributed.num_processes=2",
               f"--config.distributed.process_id={i}",
-              f"--config.distributed.coordinator_address=localhost:{port}"),
-      env=env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+              f"--config.distributed.coordinator_address=localhost:{port}")
+      for i in range(2)], devices=2)
   assert "process_count=2" in outputs[0][1] or "2 processes" in outputs[0][1]
 
   _, _, s1 = load_run(str(single))
@@ -66,16 +60,11 @@ def test_kakuritsu_two_processes_match_one(tmp_path):
   single = tmp_path / "single"
   run(single, *args, devices=4, config=config)
   multi = tmp_path / "multi"
-  port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
+  run_together(lambda port: [
       command(multi, *args, "--config.distributed.num_processes=2",
               f"--config.distributed.process_id={i}",
-              f"--config.distributed.coordinator_address=localhost:{port}", config=config),
-      env=env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+              f"--config.distributed.coordinator_address=localhost:{port}", config=config)
+      for i in range(2)], devices=2)
   _, _, s1 = load_run(str(single / "heads" / "K"))
   _, _, s2 = load_run(str(multi / "heads" / "K"))
   chex.assert_trees_all_close(jax.device_get(s1.params), jax.device_get(s2.params),
@@ -83,3 +72,33 @@ def test_kakuritsu_two_processes_match_one(tmp_path):
   m1 = json.loads((single / "results.json").read_text())["heads"]["K"]["eval"]
   m2 = json.loads((multi / "results.json").read_text())["heads"]["K"]["eval"]
   chex.assert_trees_all_close(m1, m2, rtol=1e-5, atol=1e-6)
+
+
+_ORBAX_OFF_THE_DEVICES = """
+import sys, jax, ml_collections, numpy as np
+from jax.experimental import multihost_utils
+from neurojax import parallel
+from neurojax.train import checkpoint
+parallel.initialize(ml_collections.ConfigDict(dict(
+    num_processes=2, process_id=int(sys.argv[1]), auto=False,
+    coordinator_address=f"localhost:{sys.argv[2]}")))
+def on_the_devices(*a, **k):
+  raise AssertionError("a barrier ran as a device collective")
+multihost_utils.process_allgather = on_the_devices   # what orbax's default barrier calls
+ckpt = checkpoint.Checkpointer(sys.argv[3])          # async saves: barriers on orbax's thread
+ckpt.save(1, {"w": np.ones(3, np.float32)}, {})
+ckpt.wait()
+ckpt.close()
+print("saved", ckpt.all_steps())
+"""
+
+
+def test_orbax_barriers_wait_on_the_client_not_on_the_devices(tmp_path):
+  """Orbax's default barrier is a device all-gather, run by its async-save
+  thread while the main thread's train steps all-reduce: two processes can
+  issue them in different orders and deadlock. parallel.initialize moves
+  them to the distributed client."""
+  outputs = run_together(
+      lambda port: [[sys.executable, "-c", _ORBAX_OFF_THE_DEVICES, str(i), str(port),
+                     str(tmp_path / "ck")] for i in range(2)], timeout=120)
+  assert all("saved [1]" in out for out, _ in outputs), outputs

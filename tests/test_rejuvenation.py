@@ -472,22 +472,16 @@ def test_two_processes_match_one_across_the_surgery(nr_run, tmp_path):
   """2 processes x 2 devices against the 1-device run: BN statistics and the
   utilisation are over the global batch and params, so they agree, also
   after the surgery."""
-  import portpicker  # pylint: disable=g-import-not-at-top
-  from cli import TINY, command, env, last_metrics  # pylint: disable=g-import-not-at-top
+  from cli import TINY, command, last_metrics, run_together  # pylint: disable=g-import-not-at-top
   from neurojax.train.experiment import load_run  # pylint: disable=g-import-not-at-top
   single, results = nr_run
   multi = tmp_path / "multi"
-  port = portpicker.pick_unused_port()
-  procs = [subprocess.Popen(
+  run_together(lambda port: [
       command(multi, *TINY_NR, "--config.distributed.num_processes=2",
               f"--config.distributed.process_id={i}",
               f"--config.distributed.coordinator_address=localhost:{port}",
-              config=TINY + ":vgg19_nr"),
-      env=env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+              config=TINY + ":vgg19_nr")
+      for i in range(2)], devices=2)
   multi_results = json.loads((multi / "results.json").read_text())
   assert results["fired"] and multi_results["surgery"]["widths_after"] == results["surgery"][
       "widths_after"]

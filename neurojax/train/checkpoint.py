@@ -254,9 +254,7 @@ class Checkpointer:
       while os.path.exists(dest):
         dest, suffix = os.path.join(self._corrupt_dir(), f"{step}.{suffix}"), suffix + 1
       shutil.move(os.path.join(self.directory, str(step)), dest)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f"neurojax_quarantine_{step}")
+    ocp.multihost.sync_global_processes(f"neurojax_quarantine_{step}")  # no-op in one process
     self._manager.reload()
 
   def wait(self) -> None:
