@@ -149,12 +149,12 @@ def test_regenerate_keeps_kept_bits_and_redraws_the_rest():
     np.testing.assert_array_equal(out[layer]["bias"], params[layer]["bias"])
 
 
-def _masked_state(devices, model_name="resnet20", shape=(8, 8, 3)):
+def _masked_state(devices, model_name="resnet20", shape=(8, 8, 3), density=0.2):
   mesh = parallel.make_mesh(devices)
   model = models.get_model(model_name, num_classes=10)
   tx = sp.masked(optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.01, momentum=0.9)))
   state = create_train_state(model, tx, jax.random.PRNGKey(0), shape, parallel.replicated(mesh))
-  masks = sp.global_topk(sp.magnitude(state.params, sp.dense_masks(state.params)), 0.2)
+  masks = sp.global_topk(sp.magnitude(state.params, sp.dense_masks(state.params)), density)
   state = state.replace(params=sp.apply(state.params, masks), masks=masks)
   return mesh, model, tx, jax.device_put(state, parallel.replicated(mesh))
 
@@ -164,8 +164,12 @@ def test_masked_step_on_8_devices_matches_1():
   batches = [{"image": rng.normal(size=(16, 8, 8, 3)).astype(np.float32),
               "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
   results = []
+  # Half the weights: at density 0.2 this tiny ResNet-20 (8x8 images, batch
+  # 16) has near-constant channels whose BN amplifies the 1e-7 differences
+  # of 8 devices' summation order to 1% of a BN bias by step 3 (on AMD EPYC;
+  # 1e-6 after step 1, and at densities 0.5 and 1).
   for devices in (jax.devices()[:1], jax.devices()):
-    mesh, model, tx, state = _masked_state(devices)
+    mesh, model, tx, state = _masked_state(devices, density=0.5)
     step = steps.jit_train_step(steps.train_step_fn(model, tx), mesh)
     for b in batches:
       state, metrics = step(state, parallel.shard_batch(b, mesh))
