@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -37,22 +38,37 @@ def run_together(commands, devices=1, timeout=240, retries=1) -> list[tuple[str,
   """Runs the processes of one multi-process run, `commands(port)` with a
   free coordinator port, and returns their (stdout, stderr); fails if any
   exits non-zero. A hang is retried `retries` times on a new port (a rare
-  gloo hang on this 2-core machine; the processes' stacks are printed as a
-  warning), and fails with them after that."""
+  hang of the 2-process runs on this 2-core machine; the processes' stacks
+  are printed as a warning), and fails with them after that."""
   import portpicker  # pylint: disable=g-import-not-at-top
-  procs = [subprocess.Popen(c, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for c in commands(portpicker.pick_unused_port())]
+  # Output to files, not pipes: an unread pipe that fills up blocks its writer.
+  files = []
+  procs = []
+  for c in commands(portpicker.pick_unused_port()):
+    files.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))
+    procs.append(subprocess.Popen(c, env=env(devices), stdout=files[-1][0], stderr=files[-1][1],
+                                  text=True))
   deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-    time.sleep(0.2)
-  hung = [i for i, p in enumerate(procs) if p.poll() is None]
-  for i in hung:
-    procs[i].send_signal(signal.SIGABRT)   # PYTHONFAULTHANDLER: every thread's stack
-  outputs = [p.communicate() for p in procs]
+  hung = []
+  for i, p in enumerate(procs):
+    try:
+      p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      hung.append(i)
+      p.send_signal(signal.SIGABRT)   # PYTHONFAULTHANDLER: every thread's stack
+  for p in procs:
+    p.wait()
+  outputs = []
+  for out, err in files:
+    out.seek(0)
+    err.seek(0)
+    outputs.append((out.read(), err.read()))
+    out.close()
+    err.close()
   stacks = "\n".join(f"--- process {i} of {len(procs)}, stderr:\n{err[-6000:]}"
                      for i, (_, err) in enumerate(outputs))
   if hung and retries:
-    warnings.warn(f"processes {hung} hung for {timeout} s; retrying once.\n{stacks}")
+    warnings.warn(f"processes {hung} hung for {timeout} s; retrying.\n{stacks}")
     return run_together(commands, devices, timeout, retries - 1)
   if hung or any(p.returncode for p in procs):
     why = (f"processes {hung} hung for {timeout} s" if hung else
