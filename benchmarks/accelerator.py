@@ -350,10 +350,14 @@ def bench_khead(sizes: Sizes, mesh, seed: int, counter: CompileCounter, cache: d
       {"x": rng.standard_normal((global_batch, sizes.head_features), dtype=np.float32),
        "y": rng.integers(0, sizes.head_classes, global_batch).astype(np.int32)}, mesh)
   x, y = features["x"], features["y"]
-  heads = {"K": (Gate("kakuritsu", 0.5), "kakuritsu"), "dense": (Gate("none"), "torch")}
-  arms = {}
-  for name, (gate, init) in heads.items():
-    head = GatedHead(hidden=sizes.head_hidden, num_classes=sizes.head_classes, weight_init=init)
+  heads = {"K": (Gate("kakuritsu", 0.5), "kakuritsu", "xla"),
+           "dense": (Gate("none"), "torch", "xla")}
+  if mesh.devices.flat[0].platform != "cpu":     # on CPU the kernel only runs interpreted
+    heads["K_pallas"] = (Gate("kakuritsu", 0.5), "kakuritsu", "pallas")
+  arms, errors = {}, {}
+  for name, (gate, init, impl) in heads.items():
+    head = GatedHead(hidden=sizes.head_hidden, num_classes=sizes.head_classes, weight_init=init,
+                     impl=impl)
     params = jax.jit(lambda k, head=head: head.init(k, jnp.zeros((1, sizes.head_features))),
                      out_shardings=rep)(jax.random.PRNGKey(seed))["params"]
 
@@ -375,6 +379,12 @@ def bench_khead(sizes: Sizes, mesh, seed: int, counter: CompileCounter, cache: d
         calls[0] += 1
       jax.block_until_ready(out)
       return out
+    if impl == "pallas":               # never run on an accelerator before: keep the others
+      try:
+        run(1)
+      except Exception as e:  # pylint: disable=broad-except
+        errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        continue
     arms[name] = run
   timed = time_arms(arms, sizes.warmup, sizes.steps, sizes.rounds, counter)
   t = timed["step_s"]
@@ -385,6 +395,10 @@ def bench_khead(sizes: Sizes, mesh, seed: int, counter: CompileCounter, cache: d
       "global_batch": global_batch, "devices": n_dev,
       "k_ms": 1e3 * statistics.median(t["K"]), "dense_ms": 1e3 * statistics.median(t["dense"]),
       "ratio_k_over_dense": paired_ratio(t["K"], t["dense"]),
+      **({"k_pallas_ms": 1e3 * statistics.median(t["K_pallas"]),
+          "ratio_k_pallas_over_k_xla": paired_ratio(t["K_pallas"], t["K"])}
+         if "K_pallas" in t else {}),
+      "errors": errors,
       "k_ms_blocks": [1e3 * v for v in t["K"]], "dense_ms_blocks": [1e3 * v for v in t["dense"]],
       "first": timed["first"], "compile_s": sum(f["compile_s"] for f in timed["first"].values()),
       "compiles_after_first_step": timed["compiles_after_first_step"],

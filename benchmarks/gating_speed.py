@@ -7,6 +7,11 @@ and the ratios to W are paired per round.
 
     .venv/bin/python benchmarks/gating_speed.py [--batch 64] [--rounds 10] [--steps 3]
 
+`--before` adds "K0": the K head with the gates of the first
+implementation, interleaved with the others (one column's [batch, in] mask
+at a time from `jax.random.bits(fold_in(key, j))`, expanded to floats and
+contracted by an einsum), for a before/after ratio in one process.
+
 With `--backbone resnet50 --image 64` each step is method="kakuritsu"'s
 whole train step instead: images through the frozen backbone (BN in train
 mode), then the head, with the optimizer freezing the backbone.
@@ -28,9 +33,35 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from neurojax.nn import Gate, GatedHead  # noqa: E402
+from neurojax.nn import gating  # noqa: E402
 
 HEADS = {"K": (Gate("kakuritsu", 0.5), "kakuritsu"), "D": (Gate("dropout", rate=0.5), "torch"),
          "W": (Gate("none"), "torch")}
+
+
+def first_gated_matmul(x, kernel, key, p, max_elements=1 << 22, *unused):
+  """The first implementation's gates and product, for `--before` (p=0.5)."""
+  assert p == 0.5, "K0 is written for p=0.5"
+  batch, fan_in = x.shape
+  fan_out = kernel.shape[1]
+  block = max(1, min(fan_out, max_elements // (batch * fan_in)))
+  blocks = -(-fan_out // block)
+  columns = jnp.arange(blocks * block).reshape(blocks, block)
+  kernels = jnp.pad(kernel, ((0, 0), (0, blocks * block - fan_out))).T.reshape(blocks, block,
+                                                                                 fan_in)
+  shifts = jnp.arange(32, dtype=jnp.uint32)
+
+  def column_mask(j):
+    words = jax.random.bits(jax.random.fold_in(key, j), (batch, -(-fan_in // 32)), jnp.uint32)
+    return (((words[..., None] >> shifts) & 1) < 1).reshape(batch, -1)[:, :fan_in]
+
+  def one_block(args):
+    cols, w = args
+    keep = jax.vmap(column_mask)(cols)
+    return jnp.einsum("bi,cbi,ci->bc", x, keep.astype(x.dtype), w)
+
+  y = jax.lax.map(one_block, (columns, kernels))
+  return y.transpose(1, 0, 2).reshape(batch, blocks * block)[:, :fan_out]
 
 
 def make_step(gate, weight_init, hidden, classes, tx):
@@ -81,14 +112,18 @@ def main():
   parser.add_argument("--backbone", default="", help="time the whole step on this frozen "
                       "backbone (e.g. resnet50), not the head alone")
   parser.add_argument("--image", type=int, default=64, help="the backbone's image size")
+  parser.add_argument("--before", action="store_true", help="add K0, the first implementation")
   args = parser.parse_args()
   tx = optax.sgd(0.01, momentum=0.9)
   rng = np.random.default_rng(0)
   y = jnp.asarray(rng.integers(0, 1000, args.batch))
   runs = {}
-  for name, (gate, init) in HEADS.items():
+  heads = dict(HEADS, **({"K0": HEADS["K"]} if args.before else {}))
+  for name, (gate, init) in heads.items():
+    if name == "K0":
+      gating.gated_matmul, current = first_gated_matmul, gating.gated_matmul  # while tracing
     if args.backbone:
-      step, state = make_full_step(name, args.backbone, args.image, 1000, 1000)
+      step, state = make_full_step(name[0], args.backbone, args.image, 1000, 1000)
       batch = {"image": jnp.asarray(rng.standard_normal((args.batch, args.image, args.image, 3)),
                                     jnp.float32), "label": y}
       run = lambda step, state, key, batch=batch: step(state[0], batch)[:1]  # noqa: E731
@@ -100,11 +135,13 @@ def main():
       run = lambda step, state, key, x=x: step(*state, x, y, key)  # noqa: E731
     state[:] = run(step, state, jax.random.PRNGKey(0))             # compile
     jax.block_until_ready(state)
+    if name == "K0":
+      gating.gated_matmul = current
     runs[name] = (step, state, run)
   times = {name: [] for name in runs}
   names = list(runs)
   for r in range(args.rounds):
-    for name in names[r % 3:] + names[:r % 3]:
+    for name in names[r % len(names):] + names[:r % len(names)]:
       step, state, run = runs[name]
       t0 = time.perf_counter()
       for s in range(args.steps):

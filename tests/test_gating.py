@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from neurojax.nn import Gate, GatedHead, Kakuritsu, gated_matmul
+from neurojax.nn import gating
 
 
 def _data(batch=6, fan_in=7, fan_out=5, seed=0):
@@ -25,28 +26,81 @@ def test_p1_is_the_plain_linear_layer_exactly():
   chex.assert_trees_all_equal(y, x @ kernel)
 
 
-def _documented_mask(key, p, shape):
-  """The draws the module docstring documents, written out in NumPy."""
-  for m in (1, 2, 4, 8):
-    if float(p * 2**m).is_integer():
-      per_word = 32 // m
-      words = np.asarray(jax.random.bits(key, (shape[0], -(-shape[1] // per_word)), jnp.uint32))
-      values = [(words >> np.uint32(m * k)) & np.uint32(2**m - 1) for k in range(per_word)]
-      gates = np.stack(values, axis=-1).reshape(shape[0], -1)[:, :shape[1]]
-      return gates < round(p * 2**m)
-  return np.asarray(jax.random.bernoulli(key, p, shape))
+def _np_threefry(key, x0, x1):
+  """Threefry-2x32, 20 rounds, in NumPy uint32 (Random123's specification)."""
+  k0, k1 = np.uint32(key[0]), np.uint32(key[1])
+  ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+  rot = lambda v, r: (v << np.uint32(r)) | (v >> np.uint32(32 - r))  # noqa: E731
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for g in range(5):
+    for r in ((13, 15, 26, 6), (17, 29, 16, 24))[g % 2]:
+      x0 = x0 + x1
+      x1 = rot(x1, r) ^ x0
+    x0, x1 = x0 + ks[(g + 1) % 3], x1 + ks[(g + 2) % 3] + np.uint32(g + 1)
+  return x0, x1
 
 
-@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])       # 1 bit, 2 bits, a uniform float per gate
+def test_threefry_is_jax_randoms_generator():
+  import jax.extend.random as jr  # pylint: disable=g-import-not-at-top
+  key = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
+  x0, x1 = np.arange(7, dtype=np.uint32), np.arange(100, 107, dtype=np.uint32)
+  expected = np.asarray(jr.threefry_2x32(jnp.asarray(key), jnp.asarray(np.concatenate([x0, x1]))))
+  with np.errstate(over="ignore"):
+    np.testing.assert_array_equal(np.concatenate(_np_threefry(key, x0, x1)), expected)
+  got = gating.threefry2x32(*map(jnp.asarray, (key[0], key[1], x0, x1)))
+  np.testing.assert_array_equal(np.concatenate(got), expected)
+
+
+def _documented_mask(key, p, shape, fan_out):
+  """The bool [B, in, out] gates the module docstring documents, in NumPy."""
+  for m in (1, 2, 4, 8, 16, 32):
+    if m == 32 or float(p * 2**m).is_integer():
+      break
+  batch, fan_in = shape
+  g = 64 // m
+  calls = -(-fan_in // g)
+  seed = np.asarray(jax.random.bits(key, (2,), jnp.uint32))
+  j, b, k = np.meshgrid(np.arange(fan_out, dtype=np.uint32), np.arange(batch, dtype=np.uint32),
+                        np.arange(calls, dtype=np.uint32), indexing="ij")
+  with np.errstate(over="ignore"):
+    w0, w1 = _np_threefry(seed, j, b * np.uint32(calls) + k)           # [out, B, calls]
+  words = np.stack([w0, w1], axis=-1).astype(np.uint64)               # [out, B, calls, 2]
+  values = np.stack([(words >> np.uint64(m * r)) & np.uint64(2**m - 1) for r in range(32 // m)],
+                    axis=-1)                                         # [out, B, calls, 2, g/2]
+  gates = values.reshape(fan_out, batch, calls * g)[:, :, :fan_in] < min(round(p * 2**m),
+                                                                         2**32 - 1)
+  return gates.transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])    # 1 bit, 2 bits, 32 bits a gate
 def test_matches_a_hand_computation_with_the_documented_draws(p):
-  x, w = _data(fan_in=70)                               # not a multiple of 32: a partial word
+  x, w = _data(fan_in=70)                               # not a multiple of 64: a partial call
   key = jax.random.PRNGKey(3)
   y = gated_matmul(x, w, key, p)
-  masks = np.stack([_documented_mask(jax.random.fold_in(key, j), p, x.shape)
-                    for j in range(w.shape[1])], axis=-1)       # [B, in, out]
+  masks = _documented_mask(key, p, x.shape, w.shape[1])
   expected = np.einsum("bij,ij,bi->bj", masks.astype(np.float64), np.float64(w), np.float64(x))
   np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-5)
   assert abs(masks.mean() - p) < 0.05
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])
+def test_pallas_kernel_is_the_xla_path_exactly(p):
+  """Interpret mode on CPU. Integer data make every sum exact in float32 in
+  any order, so equal outputs mean equal gates: one flipped gate would change
+  an output by a nonzero integer. Batch 20 and 130 columns leave partial tiles."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.integers(-4, 5, (20, 70)), jnp.float32)
+  w = jnp.asarray(rng.integers(-4, 5, (70, 130)), jnp.float32)
+  key = jax.random.PRNGKey(7)
+  xla = gated_matmul(x, w, key, p)
+  np.testing.assert_array_equal(gated_matmul(x, w, key, p, impl="pallas"), xla)
+  masks = _documented_mask(key, p, x.shape, w.shape[1])
+  np.testing.assert_array_equal(xla, np.einsum("bij,ij,bi->bj", masks, w, x))
+  xf, wf = _data(batch=20, fan_in=70, fan_out=130)
+  np.testing.assert_allclose(gated_matmul(xf, wf, key, p, impl="pallas"),
+                             gated_matmul(xf, wf, key, p), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="impl='triton'.*xla, pallas"):
+    gated_matmul(x, w, key, p, impl="triton")
 
 
 def test_block_size_changes_memory_not_results():
@@ -106,7 +160,7 @@ def test_gradients_are_those_of_the_plain_layer():
 
 def test_imagenet_head_memory_stays_bounded():
   """Batch 64, 2048 -> 1000: a full float mask would be 524 MB; the compiled
-  forward+backward needs far less scratch memory, set by max_elements."""
+  forward+backward needs 6 MiB of scratch, set by max_elements."""
   def scratch(max_elements):
     head = GatedHead(hidden=1000, num_classes=1000, weight_init="kakuritsu",
                      max_elements=max_elements)
@@ -121,9 +175,9 @@ def test_imagenet_head_memory_stays_bounded():
     return compiled.memory_analysis().temp_size_in_bytes
 
   full_mask = 64 * 2048 * 1000 * 4
-  default = scratch(1 << 22)
-  assert default < full_mask / 5, f"{default / 2**20:.0f} MiB of scratch"
-  assert scratch(1 << 20) < default / 2
+  default = scratch(gating.MAX_ELEMENTS)
+  assert default < full_mask / 50, f"{default / 2**20:.0f} MiB of scratch"
+  assert scratch(1 << 24) > 4 * default
 
 
 def test_heads_and_eval_gates():

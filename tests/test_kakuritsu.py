@@ -76,6 +76,19 @@ def test_a_frozen_backbone_never_moves_and_the_head_trains(backbone_bn):
   assert moved == (backbone_bn == "batch")
 
 
+def test_gate_impl_pallas_trains_the_k_head_as_xla_does():
+  """config.kakuritsu.gate_impl reaches the head: the Pallas kernel (interpret
+  mode here) gives the xla path's train step."""
+  states = {}
+  for impl in ("xla", "pallas"):
+    model = _model(_config(gate_impl=impl), "K")
+    assert model.head.impl == impl
+    tx, state = _state(model)
+    states[impl], _ = jax.jit(train_step_fn(model, tx))(state, _batch())
+  chex.assert_trees_all_close(states["pallas"].params, states["xla"].params, rtol=1e-5,
+                              atol=1e-6)
+
+
 def test_no_gradient_reaches_a_frozen_backbone_but_one_does_when_trainable():
   def grads(train_backbone):
     model = _model(_config(train_backbone=train_backbone), "W")
@@ -209,6 +222,7 @@ def test_a_backbone_that_does_not_fit_names_the_key(tmp_path):
     ("eval_dropout", 1.0, r"eval_dropout=1.0 must be in \[0, 1\)"),
     ("pretrain.schedule.name", "linear", r"kakuritsu.pretrain.schedule.name='linear' is not valid"),
     ("backbone", "", "random frozen backbone"),
+    ("gate_impl", "cuda", "gate_impl='cuda' is not valid; choose one of: xla, pallas"),
 ])
 def test_bad_kakuritsu_configs_are_refused(field, value, message):
   config = _config(backbone="random")

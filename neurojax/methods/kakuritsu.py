@@ -39,6 +39,7 @@ from absl import logging
 
 from neurojax import models, parallel, rng
 from neurojax.methods import supervised
+from neurojax.nn import gating
 from neurojax.nn.gating import Gate, OnBackbone
 from neurojax.train import report
 from neurojax.train import workdir as workdir_lib
@@ -72,7 +73,8 @@ def config() -> ml_collections.ConfigDict:
       p=0.5,                        # K's keep probability
       dropout=0.5,                  # D's dropout rate
       eval_p=0.5,                   # the "kakuritsu" eval mode's keep probability
-      eval_dropout=0.5))            # the "dropout" eval mode's rate
+      eval_dropout=0.5,             # the "dropout" eval mode's rate
+      gate_impl="xla"))             # how K's gates are computed: xla | pallas (GPU/TPU kernel)
 
 
 def validate(config) -> None:
@@ -93,6 +95,9 @@ def validate(config) -> None:
       raise ValueError(f"config.kakuritsu.{field}={k[field]} must be in [0, 1)")
   if k.hidden < 1:
     raise ValueError(f"config.kakuritsu.hidden={k.hidden} must be >= 1")
+  if k.gate_impl not in gating.IMPLS:
+    raise ValueError(f"config.kakuritsu.gate_impl={k.gate_impl!r} is not valid; choose one of: "
+                     f"{', '.join(gating.IMPLS)}")
   config_lib.check_number(config, "kakuritsu.pretrain.epochs", 0,
                           hint=" (0: no pretraining)")
   config_lib.validate_schedule(config, "kakuritsu.pretrain.schedule")
@@ -135,7 +140,7 @@ def head_spec(config, head: str, num_classes: int) -> dict:
                      backbone=backbone_spec(config), hidden=k.hidden,
                      weight_init="kakuritsu" if head == "K" else "torch",
                      gate=(gate.kind, gate.p, gate.rate), freeze_backbone=not k.train_backbone,
-                     backbone_bn=k.backbone_bn)
+                     backbone_bn=k.backbone_bn, gate_impl=k.gate_impl)
 
 
 def head_model(config, head: str, num_classes: int) -> OnBackbone:

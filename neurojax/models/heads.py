@@ -14,9 +14,11 @@ from neurojax.nn.gating import Gate, GatedHead, OnBackbone
 @registry.register("on_backbone", internal=True)
 def on_backbone(*, num_classes: int, dtype, backbone: dict, hidden: int = 1000,
                 weight_init: str = "torch", gate: tuple = ("none", 0.5, 0.5),
-                freeze_backbone: bool = True, backbone_bn: str = "batch") -> OnBackbone:
+                freeze_backbone: bool = True, backbone_bn: str = "batch",
+                gate_impl: str = "xla") -> OnBackbone:
   """`backbone` (a spec) -> GatedHead(hidden, num_classes, weight_init),
-  trained under `gate` = (kind, p, rate) (`nn.gating.Gate`)."""
+  trained under `gate` = (kind, p, rate) (`nn.gating.Gate`), its Kakuritsu
+  gates computed by `gate_impl`."""
   return OnBackbone(registry.build(backbone),
-                    GatedHead(hidden, num_classes, weight_init, dtype=dtype),
+                    GatedHead(hidden, num_classes, weight_init, dtype=dtype, impl=gate_impl),
                     Gate(*gate), freeze_backbone=freeze_backbone, backbone_bn=backbone_bn)
