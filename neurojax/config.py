@@ -148,6 +148,12 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
 
   c.distributed = ml_collections.ConfigDict(dict(
       num_processes=1, process_id=0, coordinator_address="", auto=False))
+  # The train state's layout over the devices (neurojax/parallel.py):
+  # "replicated", or "fsdp": each leaf a rule's regex matches (its path, e.g.
+  # "params/stage4/.*kernel" or "opt_state/.*") is sharded over the devices
+  # on its largest dimension they divide, if it has >= min_size elements.
+  # rules=() with "fsdp" shards every leaf; ("regex", "replicated") exempts.
+  c.parallel = ml_collections.ConfigDict(dict(state="replicated", rules=(), min_size=2**14))
   return c
 
 
@@ -369,6 +375,10 @@ def validate(config, device_count: int | None = None) -> None:
   if dist.num_processes > 1 and not dist.coordinator_address:
     raise ConfigError("config.distributed.num_processes > 1 needs "
                       "config.distributed.coordinator_address (e.g. 'localhost:12345')")
+  try:
+    parallel.validate_parallel(config.parallel)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   found = _non_finite(config)
   if found:
     field, value = found

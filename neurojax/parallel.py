@@ -1,13 +1,19 @@
 """Devices, the mesh, shardings and multi-process start-up.
 
 One `jax.sharding.Mesh` with a `data` axis. Batches are sharded on `data`;
-params and optimizer state are replicated (explicit NamedShardings, so a
-`model` axis can be added later without touching the steps). Each process
-feeds only its own rows of the global batch.
+each process feeds only its own rows of the global batch. The train state
+(params, optimizer state, EMA, masks) is replicated, or, with
+`config.parallel.state="fsdp"`, sharded over `data` leaf by leaf as
+`config.parallel.rules` say (ZeRO-3/FSDP: each device holds 1/n of a
+sharded leaf; XLA all-gathers the params where the step uses them and
+reduces their gradients to each device's slice: GPU and TPU compile that to
+a reduce-scatter, XLA:CPU to an all-reduce and a slice). `state_shardings` turns the rules into
+NamedShardings; the train step constrains its state to them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -65,6 +71,92 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+STATE_LAYOUTS = ("replicated", "fsdp")
+RULE_KINDS = ("fsdp", "replicated")
+DEFAULT_FSDP_RULES = ((".*", "fsdp"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+  """How the train state is laid out: (regex, "fsdp" | "replicated") rules
+  in order, and the fewest elements a leaf needs to be sharded."""
+  rules: tuple = DEFAULT_FSDP_RULES
+  min_size: int = 2**14
+
+
+def state_rules(parallel_config) -> Rules | None:
+  """The `Rules` of `config.parallel`, or None: replicate everything."""
+  if parallel_config.state == "replicated":
+    return None
+  return Rules(tuple(tuple(r) for r in parallel_config.rules) or DEFAULT_FSDP_RULES,
+               int(parallel_config.min_size))
+
+
+def validate_parallel(parallel_config) -> None:
+  """Raises ValueError naming the field of a bad `config.parallel`."""
+  if parallel_config.state not in STATE_LAYOUTS:
+    raise ValueError(f"config.parallel.state={parallel_config.state!r} is not valid; choose one "
+                     f"of: {', '.join(STATE_LAYOUTS)}")
+  for i, rule in enumerate(parallel_config.rules):
+    if len(rule) != 2 or rule[1] not in RULE_KINDS:
+      raise ValueError(f"config.parallel.rules[{i}]={tuple(rule)!r} must be (regex, kind) with "
+                       f"kind one of: {', '.join(RULE_KINDS)}")
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ValueError(f"config.parallel.rules[{i}]: {rule[0]!r} is not a regex ({e})") from None
+  if parallel_config.min_size < 0:
+    raise ValueError(f"config.parallel.min_size={parallel_config.min_size} must be >= 0")
+
+
+def fsdp_spec(shape, n: int, min_size: int) -> P:
+  """Shards the largest dimension that `n` divides (the last of equals), if
+  the leaf has at least `min_size` elements; else replicated."""
+  if n <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  dims = [d for d in range(len(shape)) if shape[d] % n == 0]
+  if not dims:
+    return P()
+  d = max(dims, key=lambda d: (shape[d], d))
+  return P(*([None] * d + [DATA_AXIS]))
+
+
+def _leaf_name(path) -> str:
+  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
+                  for k in path)
+
+
+def state_shardings(mesh: Mesh, tree, rules: Rules | None):
+  """NamedShardings for every leaf of `tree` (a train state, arrays or
+  shapes): the first rule whose regex `re.search`es the leaf's path
+  ("params/conv1/kernel", "opt_state/0/mu/conv1/kernel", ...) decides;
+  unmatched leaves, and all with rules None, are replicated."""
+  rep = replicated(mesh)
+  if rules is None:
+    return jax.tree.map(lambda _: rep, tree)
+  compiled = [(re.compile(regex), kind) for regex, kind in rules.rules]
+  n = mesh.shape[DATA_AXIS]
+
+  def one(path, leaf):
+    name = _leaf_name(path)
+    for regex, kind in compiled:
+      if regex.search(name):
+        if kind == "fsdp":
+          return NamedSharding(mesh, fsdp_spec(np.shape(leaf), n, rules.min_size))
+        break
+    return rep
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def per_device_bytes(tree) -> int:
+  """The bytes one device holds of a tree of sharded arrays or shapes."""
+  total = 0
+  for leaf in jax.tree.leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -102,11 +194,15 @@ def is_main_process() -> bool:
 
 
 def to_host(tree):
-  """numpy copies of a pytree of replicated arrays, also when they span
-  other processes' devices (each process reads its own replica)."""
+  """numpy copies of a pytree of arrays, also when they span other
+  processes' devices: each process reads its own replica of a replicated
+  array; a sharded one is gathered (a collective: every process calls it)."""
   def get(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(x.addressable_data(0))
+      if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x) if isinstance(x, jax.Array) else x
   return jax.tree.map(get, tree)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,32 @@ def test_kill_and_resume_is_bit_identical(tmp_path, uninterrupted):
   assert results["resumed_from"] >= killed_at[-1]
   # 800 steps over 50 epochs, with evals and checkpoints: one compilation.
   assert json.loads((reference / "results.json").read_text())["train_step_compiles"] == 1
+
+
+def test_an_fsdp_run_resumes_on_another_device_count(tmp_path, uninterrupted):
+  """Sharded state (config.parallel.state="fsdp") on 8 devices, killed after
+  its step-100 checkpoint, resumed on 2 devices (each leaf resharded from 8
+  slices to 2): the run ends where the uninterrupted 1-device run does, up
+  to the order of float sums."""
+  workdir = tmp_path / "fsdp"
+  fsdp = ["--config.parallel.state=fsdp", "--config.parallel.min_size=0"]
+  proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(TINY), "kill_at.py"),
+                         "100", *command(workdir, *fsdp)[3:]], env=env(8),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert committed_steps(workdir)[-1] == 100
+  sizes = lambda stderr: re.search(r"train state: fsdp, ([\d.]+) MiB per device of ([\d.]+)",  # noqa: E731
+                                   stderr).groups()
+  per_device, total = map(float, sizes(proc.stderr))
+  assert per_device < 0.7 * total         # 8 divides only the first kernel's 64 inputs
+  proc = run(workdir, *fsdp, devices=2)
+  assert "2 devices" in proc.stderr
+  assert float(sizes(proc.stderr)[0]) < 0.55 * total     # 2 divide nearly every leaf
+  params, step = _final_params(workdir)
+  ref_params, ref_step = _final_params(uninterrupted)
+  assert step == ref_step == 200
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-4, atol=1e-5)
+  assert json.loads((workdir / "results.json").read_text())["resumed_from"] == 100
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, uninterrupted):

@@ -23,16 +23,21 @@ def _batches(n, batch, shape, seed=0):
            "label": rng.integers(0, 10, size=batch).astype(np.int32)} for _ in range(n)]
 
 
-def _train(devices, model_name="resnet20", n_steps=3, shape=(8, 8, 3), dtype="float32", lr=0.01):
+def _train(devices, model_name="resnet20", n_steps=3, shape=(8, 8, 3), dtype="float32", lr=0.01,
+           rules=None, tx=None, out=None):
   mesh = parallel.make_mesh(devices)
   model = models.get_model(model_name, num_classes=10, dtype=dtype)
-  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))
-  state = create_train_state(model, tx, jax.random.PRNGKey(0), shape, parallel.replicated(mesh))
-  step = steps.jit_train_step(steps.train_step_fn(model, tx, label_smoothing=0.1), mesh)
+  tx = tx or optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))
+  state = create_train_state(model, tx, jax.random.PRNGKey(0), shape)
+  state = jax.device_put(state, parallel.state_shardings(mesh, state, rules))
+  step = steps.jit_train_step(steps.train_step_fn(model, tx, label_smoothing=0.1), mesh,
+                              rules=rules)
   history = []
   for b in _batches(n_steps, 16, shape):
     state, m = step(state, parallel.shard_batch(b, mesh))
     history.append(m)
+  if out is not None:
+    out.update(state=state, step=step)
   return jax.device_get(state), jax.device_get(history)
 
 
@@ -49,6 +54,55 @@ def test_eight_devices_match_one():
   assert int(s8.step) == 3
   # ...and training did something.
   assert m1[-1]["loss"] != m1[0]["loss"]
+
+
+def test_fsdp_state_on_8_devices_matches_replicated_on_1():
+  """config.parallel.state="fsdp": params and momentum sharded 8 ways (each
+  device holds 1/8 of every leaf with a dimension 8 divides), the same
+  training as one device, one compile, and less state per device."""
+  rules = parallel.Rules(min_size=0)
+  s1, m1 = _train(jax.devices()[:1])
+  live = {}
+  s8, m8 = _train(jax.devices(), rules=rules, out=live)
+  chex.assert_trees_all_close(m1, m8, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(s1.params, s8.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(s1.opt_state, s8.opt_state, rtol=1e-5, atol=1e-6)
+  state = live["state"]
+  kernel = state.params["stage2_block0"]["conv1"]["kernel"]         # [3, 3, 16, 32]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "data")
+  assert kernel.addressable_shards[0].data.shape == (3, 3, 16, 4)
+  moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+             if "stage2_block0" in jax.tree_util.keystr(path) and leaf.shape == kernel.shape
+             and "conv1" in jax.tree_util.keystr(path)]
+  assert moments and all(m.sharding.spec == kernel.sharding.spec for m in moments)
+  assert state.params["fc"]["bias"].sharding.is_fully_replicated    # 10: 8 does not divide
+  assert live["step"]._cache_size() == 1                            # pylint: disable=protected-access
+  replicated = jax.device_put(state, parallel.replicated(parallel.make_mesh()))
+  assert parallel.per_device_bytes(state) < parallel.per_device_bytes(replicated) / 4
+
+
+def test_state_rules_pick_leaves_by_path_and_size():
+  mesh = parallel.make_mesh()
+  tree = {"params": {"big": jnp.zeros((64, 24)), "small": jnp.zeros((8, 8)),
+                     "odd": jnp.zeros((7, 9)), "skip": jnp.zeros((64, 64))}}
+  rules = parallel.Rules(rules=(("skip", "replicated"), ("params/", "fsdp")), min_size=100)
+  got = jax.tree.map(lambda s: s.spec, parallel.state_shardings(mesh, tree, rules))
+  assert got == {"params": {"big": jax.sharding.PartitionSpec("data"),   # 64 > 24, both divide
+                            "small": jax.sharding.PartitionSpec(),       # under min_size
+                            "odd": jax.sharding.PartitionSpec(),         # 8 divides neither
+                            "skip": jax.sharding.PartitionSpec()}}       # the first rule
+  assert parallel.fsdp_spec((3, 3, 64, 64), 8, 0) == jax.sharding.PartitionSpec(
+      None, None, None, "data")                                          # the last of equals
+  c = base_config("lenet5")
+  c.parallel.state = "zero"
+  with pytest.raises(ConfigError, match="config.parallel.state='zero' is not valid"):
+    validate(c)
+  c.parallel.state, c.parallel.rules = "fsdp", (("conv(", "fsdp"),)
+  with pytest.raises(ConfigError, match=r"config.parallel.rules\[0\]: 'conv\(' is not a regex"):
+    validate(c)
+  c.parallel.rules = (("conv", "zero3"),)
+  with pytest.raises(ConfigError, match=r"rules\[0\]=.*kind one of: fsdp, replicated"):
+    validate(c)
 
 
 def test_bf16_step_close_to_f32():

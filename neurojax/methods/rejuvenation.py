@@ -509,8 +509,7 @@ def run(config, workdir: str) -> dict:
     grown = next_strength(strength, previous, u, nr.sparsity_growth, nr.growth_threshold)
     if grown == strength:
       return None
-    return state.replace(opt_state=jax.device_put(
-        sp.set_l1_strength(state.opt_state, grown), parallel.replicated(exp.mesh)))
+    return exp.place(state.replace(opt_state=sp.set_l1_strength(state.opt_state, grown)))
 
   def fired(step, state):
     return seen[step] <= nr.target

@@ -35,8 +35,9 @@ from neurojax.train.writers import MetricWriter, Progress
 
 # Fields that may change between the runs of one workdir without changing
 # results; a method adds its own (`setup(resume_safe=...)`).
-RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "async_checkpoint",
-                      "data.num_threads", "data.prefetch", "keep_checkpoints", "restart")
+RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "parallel",
+                      "async_checkpoint", "data.num_threads", "data.prefetch", "keep_checkpoints",
+                      "restart")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -103,7 +104,18 @@ class Experiment:
                        opt_state=self.tx.init(params), rng=like.rng, masks=masks,
                        ema_params=jax.tree.map(jnp.copy, params)
                        if self.config.ema_decay else None)
-    return jax.device_put(state, parallel.replicated(self.mesh))
+    return self.place(state)
+
+  @property
+  def rules(self) -> parallel.Rules | None:
+    """How the state is laid out over the devices (`config.parallel`)."""
+    return parallel.state_rules(self.config.parallel)
+
+  def place(self, state):
+    """`state` (a TrainState or any part of one with the same paths) on
+    the mesh, replicated or sharded as `config.parallel` says: the layout
+    the train step keeps, so that it does not recompile."""
+    return jax.device_put(state, parallel.state_shardings(self.mesh, state, self.rules))
 
   def checkpoint_meta(self, step: int, state: TrainState) -> dict:
     """The data position of `step`, and what `load_run` needs to rebuild the
@@ -134,7 +146,7 @@ class Experiment:
       self._steps[key] = (self.model, tx, objective, steps_lib.jit_train_step(
           steps_lib.train_step_fn(self.model, tx, label_smoothing=c.label_smoothing,
                                   objective=objective, mix=c.mix, ema_decay=c.ema_decay),
-          self.mesh, fastpath.compiler_options(self.model)))
+          self.mesh, fastpath.compiler_options(self.model), self.rules))
     return self._steps[key][-1]
 
   def train_step_compiles(self) -> int:
@@ -339,9 +351,10 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
         config, spec, data.info.image_shape, data.info.steps_per_epoch, num_steps, optimizer)
     # Only now, so that a config failing above leaves no config.json behind.
     check_or_save_config(config, workdir, resume_safe, (meta or {}).get("config"))
-    state = _template(config, model, tx, data.info.image_shape, with_masks,
-                      parallel.replicated(mesh))
-    restored = checkpointer.restore_latest(state)
+    rules = parallel.state_rules(config.parallel)
+    state = _template(config, model, tx, data.info.image_shape, with_masks)
+    state = jax.device_put(state, parallel.state_shardings(mesh, state, rules))
+    restored = checkpointer.restore_latest(state)      # into this layout, from any other
     resumed_from = None
     if restored is None:      # never silently over an earlier run's history
       workdir_lib.check_fresh_start(workdir, config.restart,
@@ -350,7 +363,7 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
         state = initial(state)
         if state.ema_params is not None:    # the average starts from the loaded weights
           state = state.replace(ema_params=state.params)
-        state = jax.device_put(state, parallel.replicated(mesh))
+        state = jax.device_put(state, parallel.state_shardings(mesh, state, rules))
     else:
       state, meta = restored
       resumed_from = int(meta["step"])
@@ -361,6 +374,9 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
             f"--workdir.")
       logging.info("resuming from step %d (epoch %d, batch %d) in %s", resumed_from,
                    meta["epoch"], meta["batch_in_epoch"], workdir)
+    total = sum(x.nbytes for x in jax.tree.leaves(state))
+    logging.info("train state: %s, %.2f MiB per device of %.2f MiB", config.parallel.state,
+                 parallel.per_device_bytes(state) / 2**20, total / 2**20)
     writer = MetricWriter(workdir, resume_step=resumed_from)
   except BaseException:
     if lock is not None:

@@ -33,7 +33,6 @@ from typing import Callable, Sequence
 
 import jax
 
-from neurojax import parallel
 from neurojax.train import preempt
 from neurojax.train.experiment import Experiment
 from neurojax.train.loop import Hook, fit
@@ -87,11 +86,10 @@ def run(exp: Experiment, phases: Sequence[Phase], *, objective=None, evaluate=No
       if int(state.step) >= end:
         continue
       if int(state.step) == begin and phase.enter is not None:
-        state = phase.enter(exp, state)
+        state = exp.place(phase.enter(exp, state))     # the layout the step keeps
       tx, schedule = phase.optimizer(exp) if phase.optimizer else (exp.tx, exp.schedule)
       if int(state.step) == begin and phase.fresh_optimizer:
-        state = jax.device_put(state.replace(opt_state=tx.init(state.params)),
-                               parallel.replicated(exp.mesh))
+        state = exp.place(state.replace(opt_state=tx.init(state.params)))
       hooks = [Hook(exp.every(c.eval_every_steps), evaluate),
                *[Hook(exp.steps_per_epoch, fn, at_end=False) for fn in phase.epoch_end],
                *([Hook(exp.steps_per_epoch, _ender(exp, phase, end), at_end=False)]

@@ -10,9 +10,10 @@ the eval read from the model's outputs. The model declares its RNG streams
 averages the softmax over the samples (a Monte-Carlo eval), or evaluates
 several predictions in one pass (`predict` returning {name: logits}).
 
-The state is replicated and donated; batches are sharded on the `data`
-axis. BatchNorm statistics are computed over the whole global batch (the
-reductions see the global array), so 8 devices give the same numbers as 1.
+The state is donated, and replicated or sharded as `parallel.Rules` say;
+batches are sharded on the `data` axis. BatchNorm statistics are computed
+over the whole global batch (the reductions see the global array), so 8
+devices give the same numbers as 1.
 Compute may be bf16 (the model's `dtype`) while params stay f32.
 """
 
@@ -201,37 +202,49 @@ def eval_step_fn(model, ema: bool = False, *, objective: Objective | None = None
   return step
 
 
-def jit_train_step(step, mesh, compiler_options=None):
-  """Jits a train step with replicated, donated state and `data`-sharded
-  batches (`compiler_options`: XLA's, e.g. `fastpath.compiler_options(model)`)."""
+def jit_train_step(step, mesh, compiler_options=None, rules: parallel.Rules | None = None):
+  """Jits a train step with donated state and `data`-sharded batches. The
+  state comes and goes laid out as `rules` say (`parallel.state_shardings`;
+  None: replicated): the step constrains it, so a state placed that way
+  (`Experiment.place`) compiles once. `compiler_options`: XLA's, e.g.
+  `fastpath.compiler_options(model)`."""
   rep = parallel.replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, parallel.data_sharded(mesh)),
-                 out_shardings=(rep, rep), donate_argnums=0, compiler_options=compiler_options)
+
+  def laid_out(state, batch):
+    shardings = parallel.state_shardings(mesh, state, rules)
+    state = jax.lax.with_sharding_constraint(state, shardings)
+    state, metrics = step(state, batch)
+    return jax.lax.with_sharding_constraint(state, shardings), metrics
+  return jax.jit(laid_out, in_shardings=(None, parallel.data_sharded(mesh)),
+                 out_shardings=(None, rep), donate_argnums=0, compiler_options=compiler_options)
 
 
 def lower_train_step(model, tx, mesh, input_shape, batch_size: int, compiler_options=None,
-                     **step_kwargs):
+                     rules: parallel.Rules | None = None, **step_kwargs):
   """The jitted train step (`train_step_fn(model, tx, **step_kwargs)`) lowered
   for a float32 global batch of `batch_size` and `create_train_state`'s
-  state, given only as shapes and shardings: nothing is initialised or run.
-  `.compile().as_text()` is the optimized program (`parallel.hlo_collectives`)."""
-  rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  state laid out by `rules`, given only as shapes and shardings: nothing is
+  initialised or run. `.compile().as_text()` is the optimized program
+  (`parallel.hlo_collectives`); `.compile().memory_analysis()` its memory."""
+  data = parallel.data_sharded(mesh)
   state = jax.eval_shape(lambda key: create_train_state(model, tx, key, input_shape),
                          jax.random.PRNGKey(0))
-  state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), state)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state,
+                       parallel.state_shardings(mesh, state, rules))
   batch = {"image": jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=data),
            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)}
-  step = jit_train_step(train_step_fn(model, tx, **step_kwargs), mesh, compiler_options)
+  step = jit_train_step(train_step_fn(model, tx, **step_kwargs), mesh, compiler_options, rules)
   return step.lower(state, batch), state
 
 
 def jit_eval_step(step, mesh, compiler_options=None):
   """Jits an eval step `(state, batch, key)`; the jitted one takes
-  `(state, batch, base_key, batch_index)` and folds the index into the key."""
+  `(state, batch, base_key, batch_index)` and folds the index into the key.
+  The state keeps the layout it comes in (replicated or sharded)."""
   rep = parallel.replicated(mesh)
   return jax.jit(lambda state, batch, base, index: step(state, batch,
                                                         jax.random.fold_in(base, index)),
-                 in_shardings=(rep, parallel.data_sharded(mesh), rep, rep), out_shardings=rep,
+                 in_shardings=(None, parallel.data_sharded(mesh), rep, rep), out_shardings=rep,
                  compiler_options=compiler_options)
 
 
