@@ -13,11 +13,14 @@ and its median per-round ratio to the baseline arm of its lever:
   max_pool    (LeNet-5) `nn.max_pool` against `fastpath.max_pool`, the
               reshape + max with its own gradient: two traces of the model,
               one with the fast path off, one with it on.
+  batch_norm  (ResNet-20) `nn.BatchNorm`, whose gradient is autodiff's,
+              against `fastpath.BatchNorm`, the same forward with a
+              hand-written one-pass gradient (`jax.custom_vjp`).
   scan4       one dispatch per step against `lax.scan` over 4 stacked
               batches per dispatch (a `steps_per_call` of 4).
 
 Usage:
-  .venv/bin/python benchmarks/cpu_levers.py [--models lenet5,resnet20] [--rounds 5] [--steps 8]
+  .venv/bin/python benchmarks/cpu_levers.py [--models lenet5,resnet20] [--rounds 5] [--steps 8] [--levers batch_norm]
 Writes benchmarks/out/cpu_levers.json.
 """
 
@@ -47,7 +50,7 @@ from neurojax.train import steps  # noqa: E402
 OUT = _HERE / "out" / "cpu_levers.json"
 
 
-def arms_for(name: str, batch: int, seed: int):
+def arms_for(name: str, batch: int, seed: int, only=None):
   """{lever: {arm: (fn(state, batch_or_stack) -> (state, metrics), steps per call)}},
   the state and the device batches."""
   mesh, state, _ = tp.build_jax(name, seed)
@@ -74,19 +77,25 @@ def arms_for(name: str, batch: int, seed: int):
     return lowered.compile(options or {})
 
   fast = fastpath.EIGEN_CONVS
-  levers = {"eigen_convs": {"XLA default (YNNPACK convs)": (compiled("on", {}), 1),
-                          "fastpath.EIGEN_CONVS (Eigen convs)": (compiled("on", fast), 1)},
-            "scan4": {"1 step per dispatch": (compiled("on", fast), 1),
-                      "lax.scan, 4 steps per dispatch": (compiled("on", fast, scan=True), 4)}}
+  levers = {"eigen_convs": {"XLA default (YNNPACK convs)": (lambda: compiled("on", {}), 1),
+                          "fastpath.EIGEN_CONVS (Eigen convs)": (lambda: compiled("on", fast), 1)},
+            "scan4": {"1 step per dispatch": (lambda: compiled("on", fast), 1),
+                      "lax.scan, 4 steps per dispatch": (lambda: compiled("on", fast, scan=True), 4)}}
+  if name == "resnet20":  # the trace with the fast path off differs only in its BatchNorm
+    levers["batch_norm"] = {"nn.BatchNorm (autodiff gradient)": (lambda: compiled("off", fast), 1),
+                            "fastpath.BatchNorm (one-pass gradient)": (lambda: compiled("on", fast), 1)}
   if name == "lenet5":
-    levers["max_pool"] = {"nn.max_pool (reduce_window)": (compiled("off", fast), 1),
-                          "fastpath.max_pool (reshape + max)": (compiled("on", fast), 1)}
+    levers["max_pool"] = {"nn.max_pool (reduce_window)": (lambda: compiled("off", fast), 1),
+                          "fastpath.max_pool (reshape + max)": (lambda: compiled("on", fast), 1)}
+  levers = {lever: {arm: (build(), per_call) for arm, (build, per_call) in arms.items()}
+            for lever, arms in levers.items() if not only or lever in only}
   fastpath.set_mode("auto")
   return levers, state, batches, stacked
 
 
 def run_model(name, args):
-  levers, state, batches, stacked = arms_for(name, args.batch, args.seed)
+  levers, state, batches, stacked = arms_for(name, args.batch, args.seed,
+                                             args.levers.split(",") if args.levers else None)
   times = {lv: {arm: [] for arm in arms} for lv, arms in levers.items()}
   for r in range(args.rounds):
     for lever, arms in levers.items():
@@ -120,6 +129,7 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=8)
   p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--levers", default="", help="comma-separated subset, e.g. batch_norm,eigen_convs")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", type=Path, default=OUT)
   args = p.parse_args(argv)

@@ -89,3 +89,81 @@ def test_modes_and_compiler_options(mode):
   assert fastpath.enabled() == (jax.default_backend() == "cpu")
   with pytest.raises(ValueError, match="fastpath mode 'fast' is not valid; use one of auto, on, off"):
     fastpath.set_mode("fast")
+
+
+def _bn_outputs(cls, x, dtype=None, **kwargs):
+  """Train-mode output, updated statistics and the gradients of a loss that
+  reads the output and (through `mutable`) nothing else, for params and x."""
+  bn = cls(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype, **kwargs)
+  variables = bn.init(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.PRNGKey(2), p.shape),
+                        variables["params"])
+  w = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+
+  def loss(params, x):
+    y, stats = bn.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                        mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y.astype(w.dtype)) * w), (y, stats)
+  (_, (y, stats)), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(params, x)
+  return y, stats, grads
+
+
+def _custom_gradient(x, **kwargs) -> bool:
+  """Whether fastpath.BatchNorm's train-mode forward uses its custom_vjp."""
+  bn = fastpath.BatchNorm(use_running_average=False, **kwargs)
+  variables = bn.init(jax.random.PRNGKey(0), x)
+  return "custom_vjp" in str(jax.make_jaxpr(
+      lambda x: bn.apply(variables, x, mutable=["batch_stats"]))(x))
+
+
+def test_batch_norm_matches_flax_and_its_float64_gradient(mode):
+  """fastpath.BatchNorm's train-mode output and running statistics are
+  bit-identical to nn.BatchNorm's; its hand-written gradient equals
+  autodiff's in float64 to rounding and in float32 and bf16 to 1e-5."""
+  mode("on")
+  x = jax.random.normal(jax.random.PRNGKey(0), (16, 5, 5, 8)) * 3 + 1
+  for dtype in (None, jnp.bfloat16):
+    fast, ref = _bn_outputs(fastpath.BatchNorm, x, dtype), _bn_outputs(nn.BatchNorm, x, dtype)
+    assert fast[0].dtype == ref[0].dtype == (dtype or jnp.float32)
+    jax.tree.map(np.testing.assert_array_equal, fast[:2], ref[:2])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), fast[2],
+                 ref[2])
+  with jax.enable_x64(True):
+    x64 = x.astype(jnp.float64)
+    fast, ref = _bn_outputs(fastpath.BatchNorm, x64), _bn_outputs(nn.BatchNorm, x64)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12), fast[2],
+               ref[2])
+  assert _custom_gradient(x)
+
+
+def test_batch_norm_gradient_of_its_statistics(mode):
+  """The batch mean and variance's own cotangents (a loss that reads them)
+  flow into x as autodiff's do."""
+  mode("on")
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 2, 4)) + 2
+  scale, bias = jnp.linspace(0.5, 2, 4), jnp.linspace(-1, 1, 4)
+
+  def loss(fn, x):
+    y, mean, var = fn(x, scale, bias)
+    return jnp.sum(y ** 2) + jnp.sum(mean * jnp.arange(4.0)) + jnp.sum(jnp.sqrt(var))
+
+  def autodiff(x, scale, bias):
+    mean, var = fastpath._bn_stats(x, (0, 1, 2))
+    return fastpath._bn_apply(x, mean, var, scale, bias, 1e-5, jnp.float32)[0], mean, var
+  fast = lambda x, s, b: fastpath._batch_norm_train(x, s, b, 1e-5, jnp.float32)  # noqa: E731
+  np.testing.assert_allclose(jax.grad(lambda x: loss(fast, x))(x),
+                             jax.grad(lambda x: loss(autodiff, x))(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_falls_back_to_flax(mode):
+  """Eval mode, another axis and the fast path off run flax's own code."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 5))
+  mode("off")
+  assert not _custom_gradient(x)
+  mode("on")
+  assert not _custom_gradient(x, axis=1)
+  variables = fastpath.BatchNorm(use_running_average=True).init(jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(fastpath.BatchNorm(use_running_average=True).apply(variables, x),
+                                nn.BatchNorm(use_running_average=True).apply(variables, x))
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      nn.BatchNorm(use_running_average=False).init(jax.random.PRNGKey(0), x))

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from neurojax.nn import fastpath
+
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -62,9 +64,10 @@ def pooled_classifier(x, num_classes: int, dtype, name="fc"):
 
 
 def batch_norm(train: bool, dtype, name=None, scale_init=nn.initializers.ones):
-  """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, scale_init=scale_init, name=name)
+  """BatchNorm with PyTorch's momentum (0.1 -> 0.9 here) and epsilon
+  (`fastpath.BatchNorm`: flax's, with a one-pass gradient on the CPU)."""
+  return fastpath.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            dtype=dtype, scale_init=scale_init, name=name)
 
 
 class DropPath(nn.Module):

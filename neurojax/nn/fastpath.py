@@ -115,3 +115,84 @@ def max_pool(x, window, strides=None, padding="VALID"):
     return _tiled_max_pool(x, window)
   return nn.max_pool(x, window, strides=strides, padding=padding)
 
+
+
+# ------------------------------------------------------------ BatchNorm
+
+
+def _bn_stats(x, axes):
+  """flax's: float32 mean and E[x^2] in one pass, var = max(0, E[x^2] - mean^2)."""
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, mean2 = jnp.mean(x, axes), jnp.mean(jnp.square(x), axes)
+  return mean, jnp.maximum(0.0, mean2 - jnp.square(mean))
+
+
+def _bn_apply(x, mean, var, scale, bias, epsilon, dtype):
+  """flax's `_normalize`, op for op: (x - mean) * (rsqrt(var + eps) * scale) + bias."""
+  mul = jax.lax.rsqrt(var + epsilon) * scale
+  return jnp.asarray((x - mean) * mul + bias, dtype), mul
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_train(x, scale, bias, epsilon, dtype):
+  axes = tuple(range(x.ndim - 1))
+  mean, var = _bn_stats(x, axes)
+  return _bn_apply(x, mean, var, scale, bias, epsilon, dtype)[0], mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):
+  axes = tuple(range(x.ndim - 1))
+  mean, var = _bn_stats(x, axes)
+  y, mul = _bn_apply(x, mean, var, scale, bias, epsilon, dtype)
+  return (y, mean, var), (x, mean, var, scale, mul)
+
+
+def _batch_norm_train_bwd(epsilon, dtype, res, cotangents):
+  """One reduction pass (sum g, sum g * xhat) and one elementwise pass, where
+  autodiff of the forward makes several. With xhat = (x - mean) * inv:
+  dbias = sum g, dscale = sum g xhat, and
+  dx = scale inv (g - dbias / N - xhat dscale / N) + dmean / N + dvar 2 (x - mean) / N
+  (the last two for the batch statistics' own cotangents, zero in training)."""
+  del dtype
+  x, mean, var, scale, mul = res
+  g, g_mean, g_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  n = x.size // x.shape[-1]
+  f32 = jnp.promote_types(x.dtype, jnp.float32)
+  g32, centred = g.astype(f32), x.astype(f32) - mean
+  inv = jax.lax.rsqrt(var + epsilon)
+  dbias = jnp.sum(g32, axes)
+  dscale = jnp.sum(g32 * centred, axes) * inv
+  dx = (mul * (g32 - dbias / n - centred * (inv * dscale / n))
+        + g_mean / n + centred * (2.0 * g_var / n))
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+_batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.BatchNorm):
+  """`flax.linen.BatchNorm` (same params, statistics and forward values); on
+  the fast path, training over the last axis has a hand-written gradient:
+  XLA:CPU runs autodiff's several passes over the activations slowly."""
+
+  @nn.compact
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    given = use_running_average
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                         use_running_average)
+    plain = (self.axis in (-1, x.ndim - 1) and self.axis_name is None and mask is None
+             and self.use_bias and self.use_scale and self.use_fast_variance
+             and self.force_float32_reductions)
+    if use_running_average or not plain or not enabled() or self.is_initializing():
+      return super().__call__(x, given, mask=mask)
+    features = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+    scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+    dtype = self.dtype or jnp.result_type(x, scale, bias)
+    y, mean, var = _batch_norm_train(x, scale, bias, self.epsilon, dtype)
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
