@@ -17,9 +17,13 @@ run: setup
 	$(PY) -m neurojax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
 # The tests also need torch and torchvision (the `convert` extra): the
-# importer is checked against torchvision's ResNets.
+# importer is checked against torchvision's ResNets. Two worker processes
+# (pytest-xdist), a test file each at a time, so a file's fixtures are built
+# once: much of a test is single-threaded start-up and compiling.
+# `make test TEST_WORKERS=0` runs them in this process.
+TEST_WORKERS ?= 2
 test: setup $(VENV)/.convert
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS) tests
 
 setup: $(VENV)/.installed dataset
 
