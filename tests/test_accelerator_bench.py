@@ -11,32 +11,17 @@ time. With the session's persistent compilation cache (conftest.py) warm
 this takes a few seconds; cold, about a minute on a loaded 2-core machine.
 """
 
-import importlib.util
 import json
 import math
-import os
-import sys
 
 import jax
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      "benchmarks_accelerator", os.path.join(ROOT, "benchmarks", "accelerator.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module        # its dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-def _positive(value, what):
-  assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (what, value)
+import bench_helpers
+from bench_helpers import assert_positive
 
 
 def test_accelerator_tiny(tmp_path):
-  bench = _load()
+  bench = bench_helpers.load("accelerator")
   out = tmp_path / "a.json"
   returned = bench.main(["--tiny", "--out", str(out)])
   result = json.loads(out.read_text())
@@ -57,7 +42,7 @@ def test_accelerator_tiny(tmp_path):
              "mask": ("masked_ms", "plain_ms", "ratio_masked_over_plain")}
   for name, keys in figures.items():
     for key in keys:
-      _positive(b[name][key], f"{name}.{key}")
+      assert_positive(b[name][key], f"{name}.{key}")
     assert math.isfinite(b[name]["compile_s"]) and b[name]["compile_s"] >= 0
     assert b[name]["compiles_after_first_step"] == 0, name
   assert b["resnet"]["global_batch"] == 2 * 8

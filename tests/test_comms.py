@@ -79,21 +79,19 @@ def test_resnet20_step_all_reduces_gradient_and_batchnorm_statistics():
   # gradients (2C, in the gradient), all f32 over the global batch:
   #   forward:  sum(x) and sum(x^2) -> the batch mean and mean of squares
   #             (flax's var = E[x^2] - E[x]^2): 2C, one all-reduce per layer;
-  #   backward: the cotangents of those two reductions need two global sums,
-  #             sum(g * (x - mean)) and -sum(g * scale * rsqrt(var + eps)).
-  #             The first, times rsqrt(var + eps), is the scale gradient, and
-  #             XLA reduces it once; the second is scale * rsqrt(...) times
-  #             the bias gradient sum(g), but with the factor inside the
-  #             reduction XLA does not merge the two: +C, one all-reduce per
-  #             layer (the stem's also carries its two param gradients).
-  # So 3C extra per BN layer: 3 * 688 * 4 = 8,256 bytes for ResNet-20.
-  expected = _sizes(state.params) + [c * F32 for c in bn_channels for _ in range(3)]
+  #   backward: fastpath.BatchNorm's gradient (on by default on the CPU)
+  #             reduces sum(g) and sum(g * (x - mean)) once each: they are
+  #             the bias gradient and the scale gradient over rsqrt(var +
+  #             eps), so nothing beyond the gradient. (Autodiff's, with the
+  #             fast path off, adds a third C: -sum(g * scale * rsqrt(...)).)
+  # So 2C extra per BN layer: 2 * 688 * 4 = 5,504 bytes for ResNet-20.
+  expected = _sizes(state.params) + [c * F32 for c in bn_channels for _ in range(2)]
   expected += [F32] * METRIC_SCALARS
   arrays = [a for _, arrays in colls for a in arrays]
   assert Counter(arrays) == Counter(expected)
   total = sum(arrays)
-  assert total == grad_bytes + 3 * F32 * sum(bn_channels) + METRIC_SCALARS * F32
-  assert total - grad_bytes == 8_268
+  assert total == grad_bytes + 2 * F32 * sum(bn_channels) + METRIC_SCALARS * F32
+  assert total - grad_bytes == 5_516
   # The BN reductions sit on the critical path (each layer needs its
   # statistics before the next layer; the backward, the same in reverse), so
   # they stay separate small all-reduces: one forward and one backward per

@@ -10,32 +10,16 @@ Most of its ~15 s is the grain workers' start-up (each spawned worker
 imports grain, hence jax) and importing torch.
 """
 
-import importlib.util
 import json
-import math
-import os
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      "benchmarks_input_pipeline", os.path.join(ROOT, "benchmarks", "input_pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses and cloudpickle look it up there
-  spec.loader.exec_module(module)
-  return module
-
-
-def _positive(value, what):
-  assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (what, value)
+import bench_helpers
+from bench_helpers import assert_positive
 
 
 def test_input_pipeline_tiny(tmp_path):
-  bench = _load()
+  bench = bench_helpers.load("input_pipeline")
   data_dir, out = tmp_path / "data", tmp_path / "ip.json"
   returned = bench.main(["--tiny", "--dir", str(data_dir), "--json", str(out)])
   result = json.loads(out.read_text())
@@ -49,17 +33,17 @@ def test_input_pipeline_tiny(tmp_path):
   for name, arm in arms.items():
     for key in ("images_per_s", "images_per_s_per_process", "images_per_cpu_s", "cores_busy",
                 "cores_per_v4_chip"):
-      _positive(arm[key], f"{name}.{key}")
+      assert_positive(arm[key], f"{name}.{key}")
     if name.startswith("neurojax"):
       assert arm["shape"] == [sizes.batch, sizes.crop, sizes.crop, 3], name
       assert arm["digest"] == result["reference_digest"], name  # threads and workers agree
     else:
       assert arm["shape"] == [sizes.batch, 3, sizes.crop, sizes.crop], name
   for name, ratio in result["ratios"].items():
-    _positive(ratio["images_per_s"], name)
-    _positive(ratio["images_per_cpu_s"], name)
+    assert_positive(ratio["images_per_s"], name)
+    assert_positive(ratio["images_per_cpu_s"], name)
   for side in ("neurojax", "torchvision"):
-    _positive(result["cores_per_v4_chip"][side]["cores"], side)
+    assert_positive(result["cores_per_v4_chip"][side]["cores"], side)
   assert "| neurojax 2 procs |" in result["table_markdown"]
 
   # The neurojax crops: shape, normalised float32, deterministic for a seed.

@@ -14,6 +14,8 @@ it before the first step is compiled.
 - `max_pool` with window == stride and no padding: a reshape and a max. Its
   gradient goes to the first maximum of each window in row-major order, as
   `lax.reduce_window`'s does, so the gradients are bit-identical.
+- `BatchNorm`: `flax.linen.BatchNorm` with a one-pass `jax.custom_vjp`
+  gradient in training (forward and statistics bit-identical to flax's).
 - XLA:CPU compile options a model asks for (its class's `xla_cpu_options`,
   given to the jitted train and eval steps by `compiler_options(model)`):
   LeNet-5 and the CIFAR ResNets have their convolutions compiled to XLA's
