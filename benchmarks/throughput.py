@@ -61,12 +61,14 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 import jax
 import optax
-from jax._src import dispatch
 
 # Run from a checkout without `pip install -e .`: import neurojax from the repo root.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
+sys.path.insert(1, str(Path(__file__).resolve().parent))   # its sibling accelerator.py
+
+from accelerator import compile_counter  # noqa: E402
 
 from neurojax import models, parallel  # noqa: E402
 from neurojax.nn import fastpath  # noqa: E402
@@ -81,18 +83,6 @@ NAMES = ("jax_compute", "jax_e2e", "torch")
 
 # --------------------------------------------------------------------------
 # Compile counting.
-
-class CompileCounter:
-  """Counts XLA backend compilations (jax.monitoring duration events)."""
-
-  def __init__(self):
-    self.count = 0
-    jax.monitoring.register_event_duration_secs_listener(self)
-
-  def __call__(self, event: str, duration_secs: float, **kwargs) -> None:
-    if event == dispatch.BACKEND_COMPILE_EVENT:
-      self.count += 1
-
 
 # --------------------------------------------------------------------------
 # Data: host batches shared by both frameworks.
@@ -361,7 +351,7 @@ def main(argv=None) -> dict:
   if args.rounds < 1 or args.steps < 1 or args.batch < 1:
     sys.exit("--rounds, --steps and --batch must be positive")
   fastpath.set_mode(args.fastpath)
-  compiles = CompileCounter()
+  compiles = compile_counter()   # accelerator.py's: one listener per process
   env = environment()
   load_start = os.getloadavg()
   print(f"jax {env['jax']} (jaxlib {env['jaxlib']}), backend {env['jax_backend']}, "
