@@ -7,8 +7,9 @@ each process feeds only its own rows of the global batch. The train state
 `config.parallel.rules` say (ZeRO-3/FSDP: each device holds 1/n of a
 sharded leaf; XLA all-gathers the params where the step uses them and
 reduces their gradients to each device's slice: GPU and TPU compile that to
-a reduce-scatter, XLA:CPU to an all-reduce and a slice). `state_shardings` turns the rules into
-NamedShardings; the train step constrains its state to them.
+a reduce-scatter, XLA:CPU to an all-reduce and a slice). `state_shardings`
+turns the rules into NamedShardings, `place` puts a state on them; the train
+step constrains its state to them.
 """
 
 from __future__ import annotations
@@ -121,11 +122,6 @@ def fsdp_spec(shape, n: int, min_size: int) -> P:
   return P(*([None] * d + [DATA_AXIS]))
 
 
-def _leaf_name(path) -> str:
-  return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))))
-                  for k in path)
-
-
 def state_shardings(mesh: Mesh, tree, rules: Rules | None):
   """NamedShardings for every leaf of `tree` (a train state, arrays or
   shapes): the first rule whose regex `re.search`es the leaf's path
@@ -138,7 +134,7 @@ def state_shardings(mesh: Mesh, tree, rules: Rules | None):
   n = mesh.shape[DATA_AXIS]
 
   def one(path, leaf):
-    name = _leaf_name(path)
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
     for regex, kind in compiled:
       if regex.search(name):
         if kind == "fsdp":
@@ -146,6 +142,11 @@ def state_shardings(mesh: Mesh, tree, rules: Rules | None):
         break
     return rep
   return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def place(tree, mesh: Mesh, rules: Rules | None):
+  """`tree` (a train state or a part of one) on the mesh as `rules` lay it out."""
+  return jax.device_put(tree, state_shardings(mesh, tree, rules))
 
 
 def per_device_bytes(tree) -> int:

@@ -137,9 +137,8 @@ def _bn_apply(x, mean, var, scale, bias, epsilon, dtype):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _batch_norm_train(x, scale, bias, epsilon, dtype):
-  axes = tuple(range(x.ndim - 1))
-  mean, var = _bn_stats(x, axes)
-  return _bn_apply(x, mean, var, scale, bias, epsilon, dtype)[0], mean, var
+  """(y, batch mean, batch var) of train-mode BatchNorm over the last axis."""
+  return _batch_norm_train_fwd(x, scale, bias, epsilon, dtype)[0]
 
 
 def _batch_norm_train_fwd(x, scale, bias, epsilon, dtype):

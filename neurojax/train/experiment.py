@@ -115,7 +115,7 @@ class Experiment:
     """`state` (a TrainState or any part of one with the same paths) on
     the mesh, replicated or sharded as `config.parallel` says: the layout
     the train step keeps, so that it does not recompile."""
-    return jax.device_put(state, parallel.state_shardings(self.mesh, state, self.rules))
+    return parallel.place(state, self.mesh, self.rules)
 
   def checkpoint_meta(self, step: int, state: TrainState) -> dict:
     """The data position of `step`, and what `load_run` needs to rebuild the
@@ -352,8 +352,8 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
     # Only now, so that a config failing above leaves no config.json behind.
     check_or_save_config(config, workdir, resume_safe, (meta or {}).get("config"))
     rules = parallel.state_rules(config.parallel)
-    state = _template(config, model, tx, data.info.image_shape, with_masks)
-    state = jax.device_put(state, parallel.state_shardings(mesh, state, rules))
+    state = parallel.place(_template(config, model, tx, data.info.image_shape, with_masks),
+                           mesh, rules)
     restored = checkpointer.restore_latest(state)      # into this layout, from any other
     resumed_from = None
     if restored is None:      # never silently over an earlier run's history
@@ -363,7 +363,7 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
         state = initial(state)
         if state.ema_params is not None:    # the average starts from the loaded weights
           state = state.replace(ema_params=state.params)
-        state = jax.device_put(state, parallel.state_shardings(mesh, state, rules))
+        state = parallel.place(state, mesh, rules)
     else:
       state, meta = restored
       resumed_from = int(meta["step"])
