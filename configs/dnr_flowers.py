@@ -34,21 +34,33 @@ The recipe of METHODS.md section 4, for a TPU VM with TFDS
   released configs/base_config.py defines (an AttributeError as published):
   shrink-and-perturb is taken as off, the kept weights are left as they are.
 
-`get_config(policy)` is shared by the KE, LLF, layer-wise and long-baseline
-configs next to this one, so they differ only in the mask policy.
+`get_config(policy, dataset)` is shared by the KE, LLF, layer-wise and
+long-baseline configs next to this one, so they differ only in the mask
+policy, and by the configs of the DNR paper's other datasets
+(`dnr_cub200.py`, `dnr_dogs.py`, `dnr_aircraft.py`, `dnr_mit67.py`), which
+differ only in `DATASETS`' row: the recipe above is the same on every one.
 """
 
 from neurojax.config import base_config
 
+# dataset: (source, TFDS name, train split, eval split, training images).
+# The folder datasets read config.data.data_dir/<split>/<class>/<image>.
+DATASETS = {
+    "flowers": ("tfds", "oxford_flowers102", "train", "test", 1020),
+    "cub200": ("tfds", "caltech_birds2011", "train", "test", 5994),
+    "dogs": ("tfds", "stanford_dogs", "train", "test", 12000),
+    "aircraft": ("folder", "fgvc_aircraft", "trainval", "test", 6667),
+    "mit67": ("folder", "mit67", "train", "test", 5360),
+}
 
-def get_config(policy="dnr"):
+
+def get_config(policy="dnr", dataset="flowers"):
   c = base_config("resnet18")
   c.model.fc_init = "kaiming_normal"     # the original Split_ResNet18's classifier
   c.method = "generations"
-  c.data.source = "tfds"
-  c.data.name = "oxford_flowers102"
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
+  source, name, train_split, eval_split, num_train = DATASETS[dataset]
+  c.data.source, c.data.name = source, name
+  c.data.train_split, c.data.eval_split = train_split, eval_split
   c.data.image_size = 224
   c.data.eval_resize = 256
   c.data.resize_square = True
@@ -65,10 +77,10 @@ def get_config(policy="dnr"):
   c.schedule.lr = 0.256
   c.schedule.warmup_epochs = 5.0
   c.label_smoothing = 0.1
-  # An epoch is 1,020 // 32 = 31 steps. Evaluate every 50 epochs (every
-  # generation's end is evaluated anyway); checkpoint every 10.
-  c.eval_every_steps = 50 * 31
-  c.checkpoint_every_steps = 10 * 31
+  # An epoch is num_train // 32 steps (Flowers102: 31). Evaluate every 50
+  # epochs (every generation's end is evaluated anyway); checkpoint every 10.
+  c.eval_every_steps = 50 * (num_train // c.batch_size)
+  c.checkpoint_every_steps = 10 * (num_train // c.batch_size)
   c.generations.policy = policy
   c.generations.num_generations = 11
   c.generations.reset = 0.2              # re-draw the 20% least salient weights

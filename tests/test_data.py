@@ -164,7 +164,7 @@ def test_missing_tfds_dataset_says_how_to_build_it(tmp_path):
 
 @pytest.mark.parametrize('overrides, pattern', [
     (dict(source='foo'),
-     "config.data.source='foo' is not one of 'idx', 'tfds', 'synthetic'"),
+     "config.data.source='foo' is not one of 'idx', 'tfds', 'folder', 'synthetic'"),
     (dict(name='cifar10'), "config.data.name='cifar10' is not one of"),
     (dict(train_split='validation'), "config.data.train_split='validation'"),
     (dict(source='synthetic'), 'config.data.num_classes must be > 0'),

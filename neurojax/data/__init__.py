@@ -1,4 +1,4 @@
-"""neurojax data: sources (IDX, TFDS, synthetic, arrays), augmentations and
+"""neurojax data: sources (IDX, TFDS, image folders, synthetic, arrays), augmentations and
 deterministic per-process grain pipelines.
 
 Typical use::
@@ -31,6 +31,8 @@ from neurojax.data.pipeline import validate_config
 from neurojax.data.sources import ArraySource
 from neurojax.data.sources import DataConfigError
 from neurojax.data.sources import DatasetNotFoundError
+from neurojax.data.sources import FolderSource
+from neurojax.data.sources import ImageFileError
 from neurojax.data.sources import IdxFormatError
 from neurojax.data.sources import TfdsSource
 from neurojax.data.sources import balanced_subset

@@ -40,7 +40,7 @@ from neurojax.data import augment
 from neurojax.data import sources as sources_lib
 from neurojax.data.sources import DataConfigError
 
-SOURCES = ('idx', 'tfds', 'synthetic')
+SOURCES = ('idx', 'tfds', 'folder', 'synthetic')
 IDX_NAMES = tuple(sources_lib.IDX_DEFAULT_DIRS)
 _FOREVER = 2**62  # number of train steps served by TrainData.batches
 
@@ -342,6 +342,9 @@ def _load_sources(d):
   if d.source == 'tfds':
     return (sources_lib.TfdsSource(d.name, d.train_split, d.data_dir),
             sources_lib.TfdsSource(d.name, d.eval_split, d.data_dir))
+  if d.source == 'folder':  # eval labels follow the train split's classes
+    train = sources_lib.FolderSource(d.data_dir, d.train_split)
+    return train, sources_lib.FolderSource(d.data_dir, d.eval_split, train.class_names)
   shape, k, seed = tuple(d.synthetic_shape), d.num_classes, d.subset_seed
   return (
       sources_lib.synthetic_source('train', d.synthetic_train_size, shape, k,

@@ -1,4 +1,5 @@
-"""Random-access data sources: IDX files, TFDS array_record, synthetic, arrays.
+"""Random-access data sources: IDX files, TFDS array_record, image folders,
+synthetic, arrays.
 
 A source follows grain's ``RandomAccessDataSource`` protocol: ``len(source)``
 and ``source[i] -> {'image': uint8 [H, W, C], 'label': int}``. Every source
@@ -299,6 +300,110 @@ class TfdsSource:
       keys = list(range(start, min(start + chunk, len(self))))
       labels += [e['label'] for e in self._label_source.__getitems__(keys)]
     return np.asarray(labels, dtype=np.int64)
+
+
+# --------------------------------------------------------- image folders
+
+# torchvision's IMG_EXTENSIONS (compared lower-cased).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif',
+                    '.tiff', '.webp')
+
+
+class ImageFileError(ValueError):
+  """An image file of a folder source cannot be decoded."""
+
+
+def _split_dir(root: str, split: str) -> str:
+  if not root:
+    raise DataConfigError(
+        "config.data.source='folder' needs config.data.data_dir: the folder"
+        ' holding <split>/<class>/<image> (e.g. data_dir=/data/cub200 with'
+        ' /data/cub200/train/001.Black_footed_Albatross/*.jpg).')
+  path = os.path.join(root, split)
+  if not os.path.isdir(path):
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir()) if (
+        os.path.isdir(root)) else None
+    raise DatasetNotFoundError(
+        f'No folder {path!r} for split {split!r}'
+        + (f' (config.data.data_dir={root!r} does not exist).' if found is None
+           else f'; {root!r} holds {found}.')
+        + ' Set config.data.data_dir / config.data.train_split / eval_split,'
+        ' or lay the images out as <data_dir>/<split>/<class>/<image>.')
+  return path
+
+
+def _class_dirs(path: str, root: str, split: str) -> list[str]:
+  classes = [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=True)]
+  if not classes:
+    raise DatasetNotFoundError(
+        f'{path!r} has no class folders; config.data.source=\'folder\' reads'
+        f' {root}/{split}/<class>/<image>.')
+  return classes
+
+
+class FolderSource:
+  """``root/<split>/<class>/**/<image>`` (an ImageFolder tree).
+
+  Classes are the sorted folder names of ``class_names`` (by default this
+  split's own, as torchvision's ``ImageFolder`` has them), files are sorted
+  within a class (nested folders included), and images decode with PIL to
+  uint8 RGB [H, W, 3], as torchvision's default loader does. ``split`` may
+  join folders with ``+`` (``"train+val"``), read one after the other. A
+  class folder of ``class_names`` missing here is allowed (an eval split
+  without some classes); a folder not in ``class_names`` is an error, as is
+  a split or class with no images.
+  """
+
+  def __init__(self, root: str, split: str, class_names: Sequence[str] | None = None):
+    self.root, self.split = root, split
+    parts = split.split('+')
+    dirs = [_split_dir(root, s) for s in parts]
+    if class_names is None:
+      class_names = sorted(_class_dirs(dirs[0], root, parts[0]))
+    self.class_names = list(class_names)
+    index = {c: i for i, c in enumerate(self.class_names)}
+    paths, labels = [], []
+    for d, part in zip(dirs, parts):
+      present = sorted(_class_dirs(d, root, part))
+      unknown = [c for c in present if c not in index]
+      if unknown:
+        raise DataConfigError(
+            f'{d!r} has class folders {unknown[:5]} that the train split'
+            f' ({len(index)} classes) does not have; make the class folders'
+            ' of every split the same.')
+      for c in present:
+        files = sorted(
+            os.path.join(top, f)
+            for top, _, names in os.walk(os.path.join(d, c), followlinks=True)
+            for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+          raise DatasetNotFoundError(
+              f'Class folder {os.path.join(d, c)!r} holds no images'
+              f' ({", ".join(IMAGE_EXTENSIONS)}); add some or remove the folder.')
+        paths += files
+        labels += [index[c]] * len(files)
+    self.paths = paths
+    self.labels = np.asarray(labels, dtype=np.int64)
+    self.num_classes = len(self.class_names)
+    self.image_shape = (None, None, 3)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    path = self.paths[int(index)]
+    try:
+      with Image.open(path) as image:
+        array = np.asarray(image.convert('RGB'), dtype=np.uint8)
+    except Exception as e:  # PIL raises several types for bad files
+      raise ImageFileError(
+          f'Cannot decode image {path!r} ({type(e).__name__}: {e}); remove or'
+          ' replace the file.') from None
+    return {'image': array, 'label': int(self.labels[int(index)])}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [self[i] for i in indices]
 
 
 # ------------------------------------------------------------- synthetic

@@ -1,0 +1,29 @@
+"""DNR on FGVC-Aircraft (100 variants: 6,667 trainval and 3,333 test
+images), ResNet-18, read from image folders: the recipe of `dnr_flowers.py`
+(METHODS.md section 4; the DNR paper trains every small dataset with it):
+torchvision's ResNet-18 with kaiming-normal fan-in init, resize 256x256 then
+random-resized-crop 224 + flip (centre crop 224 to evaluate), ImageNet
+mean/std, SGD momentum 0.9, weight decay 1e-4, label smoothing 0.1, lr 0.256
+at batch 32 with 5 warm-up epochs then cosine, restarted each generation;
+11 generations x 200 epochs; SNIP keeps the 80% most salient conv/fc weights
+and re-draws the rest from PyTorch's default layer init. An epoch is 208
+steps; it evaluates every 50 epochs and checkpoints every 10.
+
+TFDS has no FGVC-Aircraft, so it reads an ImageFolder tree, as the original
+repos do: `D/trainval/<variant>/*.jpg` and `D/test/<variant>/*.jpg`, one
+folder per variant (the names in the dataset's `images_variant_*.txt`;
+classes are the sorted folder names of trainval, as torchvision's ImageFolder
+numbers them). Crop off the 20-pixel copyright banner at the bottom when you
+make the folders, as is usual for this dataset.
+
+    python -m neurojax.main --config=configs/dnr_aircraft.py --workdir=DIR --config.data.data_dir=D
+
+`:ke`, `:llf` or `:layerwise` after the file name gives the other
+policies on the same data.
+"""
+
+from neurojax.config import sibling_config
+
+
+def get_config(policy="dnr"):
+  return sibling_config(__file__, "dnr_flowers", policy, "aircraft")
