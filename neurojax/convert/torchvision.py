@@ -40,26 +40,32 @@ def _classifier(arch: str) -> str:
   return "classifier.2.weight" if arch.startswith("convnext") else "fc.weight"
 
 
-def _target(key: str, ndim: int, arch: str) -> tuple[str, ...]:
-  """torchvision key -> (collection, module..., leaf) in neurojax's model."""
+# Our leaf name -> torchvision's, for the ResNets (params and batch_stats).
+_RESNET_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias",
+                  "mean": "running_mean", "var": "running_var"}
+
+
+def torch_key(path: tuple[str, ...], arch: str) -> str | None:
+  """(collection, module..., leaf) of a neurojax variable -> its torchvision
+  state_dict key, or None where torchvision has no such tensor. The one
+  mapping between the two layouts: `convert_state_dict` (torchvision ->
+  neurojax) inverts it over the model's variables, `export_state_dict`
+  applies it. ResNets: `layer1_0/conv1/kernel` -> `layer1.0.conv1.weight`,
+  `downsample_conv`/`downsample_bn` -> `downsample.0`/`.1`, BN `mean`/`var`
+  -> `running_mean`/`running_var`; other module names are kept, joined by
+  dots (the CIFAR ResNets' `stage1_block0.conv1.weight`). ConvNeXt:
+  `neurojax.models.convnext.torchvision_key`."""
+  collection, *modules, leaf = path
   if arch.startswith("convnext"):
-    from neurojax.models.convnext import torchvision_path  # pylint: disable=g-import-not-at-top
-    try:
-      return ("params", *torchvision_path(key, ndim))
-    except (IndexError, ValueError):
-      return ("unexpected", key)
-  *modules, leaf = key.split(".")
-  path = ".".join(modules)
-  path = re.sub(r"^(layer\d+)\.(\d+)", r"\1_\2", path)
-  path = path.replace("downsample.0", "downsample_conv").replace("downsample.1", "downsample_bn")
-  modules = path.split(".")
-  if leaf == "running_mean":
-    return ("batch_stats", *modules, "mean")
-  if leaf == "running_var":
-    return ("batch_stats", *modules, "var")
-  if leaf == "weight":
-    return ("params", *modules, "kernel" if ndim > 1 else "scale")
-  return ("params", *modules, leaf)
+    from neurojax.models.convnext import torchvision_key  # pylint: disable=g-import-not-at-top
+    return torchvision_key(tuple(modules), leaf) if collection == "params" else None
+  if (collection, leaf) not in {("params", "kernel"), ("params", "scale"), ("params", "bias"),
+                                ("batch_stats", "mean"), ("batch_stats", "var")}:
+    return None
+  module = re.sub(r"^(layer\d+)_(\d+)", r"\1.\2", ".".join(modules))
+  module = module.replace("downsample_conv", "downsample.0").replace("downsample_bn",
+                                                                     "downsample.1")
+  return f"{module}.{_RESNET_LEAVES[leaf]}"
 
 
 def _to_flax(array: np.ndarray) -> np.ndarray:
@@ -72,21 +78,48 @@ def _to_flax(array: np.ndarray) -> np.ndarray:
   return array
 
 
+def _to_torch(array: np.ndarray, leaf: str) -> np.ndarray:
+  """The inverse of `_to_flax`, for a leaf named `leaf`."""
+  if array.ndim == 4:                  # HWIO -> OIHW
+    return array.transpose(3, 2, 0, 1)
+  if leaf == "gamma":                  # [C] -> ConvNeXt's layer scale [C, 1, 1]
+    return array.reshape(-1, 1, 1)
+  if array.ndim == 2:                  # [in, out] -> [out, in]
+    return array.T
+  return array
+
+
+def _flat_paths(tree) -> dict:
+  return {tuple(k.key for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(dict(tree))[0]}
+
+
+def _torch_keys(paths, arch: str) -> dict[str, tuple[str, ...]]:
+  """{torchvision key: our path} over `paths` (those that have a key)."""
+  keys = {}
+  for path in paths:
+    key = torch_key(path, arch)
+    if key is not None:
+      assert key not in keys, f"{key} maps onto both {keys[key]} and {path}"
+      keys[key] = path
+  return keys
+
+
 def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3),
                        arch: str = "resnet") -> dict:
   """The variables ({"params"} and, for ResNets, {"batch_stats"}) of
   `model` from a torchvision `arch` (a ResNet or ConvNeXt) state_dict of
   numpy arrays (or tensors); raises ConversionError."""
   expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, *image_shape)))
-  flat = {tuple(k.key for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(dict(expected))[0]}
+  flat = _flat_paths(expected)
+  keys = _torch_keys(flat, arch)
   out, unexpected = {}, []
   for key, value in state_dict.items():
     if key.endswith("num_batches_tracked"):
       continue
     value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-    target = _target(key, value.ndim, arch)
-    if target not in flat:
+    target = keys.get(key)
+    if target is None:
       unexpected.append(key)
       continue
     array = _to_flax(value)

@@ -20,8 +20,8 @@ zero-initialised `nn.quadratic.Quadratic` on the raw block input (no LN, no
 /2). It adds C^3 params: 884,736 for T and S, 2,097,152 for B.
 
 Module names follow timm's state_dict (`stages_1_downsample_conv`,
-`stages_0_blocks_2/conv_dw`, `head_fc`); `torchvision_path` maps torchvision's
-keys onto them, for `neurojax.convert.torchvision`.
+`stages_0_blocks_2/conv_dw`, `head_fc`); `torchvision_key` maps them to
+torchvision's keys, for `neurojax.convert.torchvision` (import and export).
 
 `STAGES` (the generation policies' depth): the stem (stem_conv, stem_norm)
 is stage 0; timm's stages_0..3 are stages 1-4, each with the downsample
@@ -30,6 +30,7 @@ is stage 0; timm's stages_0..3 are stages 1-4, each with the downsample
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -108,23 +109,33 @@ class ConvNeXt(nn.Module):
     return dense(self.num_classes, self.dtype, "head_fc")(x)
 
 
-def torchvision_path(key: str, ndim: int) -> tuple[str, ...]:
-  """A torchvision ConvNeXt state_dict key -> our param path (module..., leaf)."""
-  parts = key.split(".")
-  leaf = {"weight": "kernel" if ndim > 1 else "scale", "bias": "bias",
-          "layer_scale": "gamma"}.get(parts[-1], parts[-1])
-  if parts[0] == "classifier":                  # classifier.0 LN, .1 Flatten, .2 Linear
-    return ({"0": "head_norm", "2": "head_fc"}.get(parts[1], key), leaf)
-  k, j = int(parts[1]), int(parts[2])           # features.k.j...
-  if k == 0:                                    # the stem: conv, LN
-    return (("stem_conv", "stem_norm")[j], leaf)
-  if k % 2 == 0:                                # features.2s: stage s's downsample: LN, conv
-    return (f"stages_{k // 2}_downsample_" + ("norm", "conv")[j], leaf)
-  block = f"stages_{k // 2}_blocks_{j}"         # features.2s+1.j: stage s's blocks
-  if leaf == "gamma":
-    return (block, leaf)
-  return (block, {"0": "conv_dw", "2": "norm", "3": "mlp_fc1", "5": "mlp_fc2"}.get(
-      parts[4], parts[4]), leaf)
+_BLOCK_LAYERS = {"conv_dw": 0, "norm": 2, "mlp_fc1": 3, "mlp_fc2": 5}   # CNBlock.block.<i>
+_TORCH_LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias", "gamma": "layer_scale"}
+
+
+def torchvision_key(modules: tuple[str, ...], leaf: str) -> str | None:
+  """Our param path (module..., leaf) -> its torchvision ConvNeXt state_dict
+  key, or None where torchvision has none (a Dit block's quadratic term).
+  Both directions of `neurojax.convert.torchvision` use this one mapping."""
+  name = _TORCH_LEAVES.get(leaf)
+  if name is None or not modules:
+    return None
+  top, rest = modules[0], modules[1:]
+  if top in ("head_norm", "head_fc") and not rest:  # classifier.0 LN, .1 Flatten, .2 Linear
+    return f"classifier.{0 if top == 'head_norm' else 2}.{name}"
+  if top in ("stem_conv", "stem_norm") and not rest:          # features.0: conv, LN
+    return f"features.0.{0 if top == 'stem_conv' else 1}.{name}"
+  m = re.fullmatch(r"stages_(\d+)_downsample_(norm|conv)", top)
+  if m and not rest:                            # features.2s: stage s's downsample: LN, conv
+    return f"features.{2 * int(m[1])}.{0 if m[2] == 'norm' else 1}.{name}"
+  m = re.fullmatch(r"stages_(\d+)_blocks_(\d+)", top)
+  if m:                                         # features.2s+1.j: stage s's blocks
+    block = f"features.{2 * int(m[1]) + 1}.{int(m[2])}"
+    if leaf == "gamma" and not rest:
+      return f"{block}.{name}"
+    if len(rest) == 1 and rest[0] in _BLOCK_LAYERS and leaf != "gamma":
+      return f"{block}.block.{_BLOCK_LAYERS[rest[0]]}.{name}"
+  return None
 
 
 _SIZES = {"tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
