@@ -41,7 +41,8 @@ class MetricWriter:
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"),
-                               purge_step=None if resume_step is None else resume_step + 1)
+                               purge_step=None if resume_step is None else resume_step + 1,
+                               filename_suffix=_event_file_suffix())
 
   def write(self, step: int, scalars: dict, prefix: str = "") -> None:
     if not self.active:
@@ -63,6 +64,15 @@ class MetricWriter:
     if self._tb is not None:
       tb, self._tb = self._tb, None
       tb.close()
+
+
+def _event_file_suffix() -> str:
+  """tensorboardX names an event file by the second and the host only, and
+  opens it with "wb": a second writer in the same second (a resume right
+  after a run, the plots' writer after a short run) would wipe the first's
+  file. A nanosecond suffix keeps the names apart and in the order written
+  (TensorBoard reads a directory's event files in name order)."""
+  return f".{time.time_ns()}"
 
 
 def _append_line(path: str, line: str) -> None:
