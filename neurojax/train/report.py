@@ -3,7 +3,8 @@
 Every method ends with `write(workdir, method, results, ...)`: results.json
 records `method` (what `python -m neurojax.plots` dispatches on) beside the
 method's own fields, written atomically, and the table and plot are printed
-on process 0.
+on process 0. The plot's PNGs go to TensorBoard as images too, at the last
+step of metrics.jsonl (`writers.write_plots`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 
 from neurojax import parallel
 from neurojax.tables import format_table
+from neurojax.train import writers
 
 
 def write(workdir: str, method: str, results: dict, *, title: str, rows: Sequence[dict] = (),
@@ -21,7 +23,9 @@ def write(workdir: str, method: str, results: dict, *, title: str, rows: Sequenc
           plot: Callable[[], str] | None = None) -> dict:
   """Writes `<workdir>/results.json` ({"method": method, **results}) and prints
   `title`, the table of `rows`, `lines` and the plot's path; process 0 only
-  (the others get {})."""
+  (the others get {}). `plot()` draws the PNG(s) and returns the path, or
+  paths joined by ", "; each goes to TensorBoard as an image where the run
+  wrote TensorBoard events (`<workdir>/tb`)."""
   if not parallel.is_main_process():
     return {}
   results = {"method": method, **results}
@@ -35,8 +39,22 @@ def write(workdir: str, method: str, results: dict, *, title: str, rows: Sequenc
   for line in lines:
     print(line)
   if plot is not None:
-    print("plot:", plot())
+    drawn = plot()
+    print("plot:", drawn)
+    _plots_to_tensorboard(workdir, drawn)
   return results
+
+
+def _plots_to_tensorboard(workdir: str, drawn: str) -> None:
+  """The PNGs named by `drawn` as TensorBoard images at the run's last step."""
+  paths = [drawn] if os.path.isfile(drawn) else [
+      p for p in drawn.split(", ") if p.endswith(".png") and os.path.isfile(p)]
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if not paths or not os.path.exists(metrics):
+    return
+  steps = [r["step"] for r in writers.read_metrics(workdir)]
+  if steps:
+    writers.write_plots(workdir, paths, max(steps))
 
 
 def read(workdir: str) -> dict:

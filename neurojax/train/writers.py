@@ -4,6 +4,9 @@ Only process 0 writes. On resume, `MetricWriter(..., resume_step=s)` drops
 lines after step s from `metrics.jsonl` and tells TensorBoard to purge
 events after s, so both show exactly one history.
 
+The run's PNG plots go to TensorBoard too, as images tagged by the file's
+stem at the run's last step (`write_plots`, called by `report.write`).
+
 Each record is appended as one whole line in a single write, so a killed
 process or a full disk can only tear the last line; readers drop a torn last
 line with a warning. An unreadable line before the last is an error
@@ -40,8 +43,9 @@ class MetricWriter:
     _truncate_jsonl(self.path, resume_step or 0)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"),
-                               purge_step=None if resume_step is None else resume_step + 1,
+      tb = os.path.join(workdir, "tb")
+      _truncate_plot_index(tb, resume_step or 0)
+      self._tb = SummaryWriter(tb, purge_step=None if resume_step is None else resume_step + 1,
                                filename_suffix=_event_file_suffix())
 
   def write(self, step: int, scalars: dict, prefix: str = "") -> None:
@@ -73,6 +77,66 @@ def _event_file_suffix() -> str:
   file. A nanosecond suffix keeps the names apart and in the order written
   (TensorBoard reads a directory's event files in name order)."""
   return f".{time.time_ns()}"
+
+
+_PLOT_INDEX = "plots.json"    # in tb/: {tag: step} of the plot images in its event files
+
+
+def write_plots(workdir: str, paths, step: int) -> list[str]:
+  """Adds each PNG of `paths` to `<workdir>/tb` as an image (tag: the file's
+  stem, HWC uint8 RGB) at `step`; process 0 only. Returns the tags written.
+
+  Skipped where the run writes no TensorBoard events (no `tb/`). An image
+  already there at `step` (a finished run run again) is not added twice:
+  `tb/plots.json` lists the tags and steps written, and a resume drops the
+  entries after its step along with the events TensorBoard purges.
+  """
+  tb = os.path.join(workdir, "tb")
+  if not parallel.is_main_process() or not os.path.isdir(tb):
+    return []
+  written = _read_plot_index(tb)
+  todo = [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
+  todo = [(tag, p) for tag, p in todo if written.get(tag) != int(step)]
+  if not todo:
+    return []
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  tbw = SummaryWriter(tb, filename_suffix=_event_file_suffix())
+  try:
+    for tag, path in todo:
+      with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+      tbw.add_image(tag, pixels, int(step), dataformats="HWC")
+      written[tag] = int(step)
+  finally:
+    tbw.close()
+  _write_plot_index(tb, written)
+  return [tag for tag, _ in todo]
+
+
+def _read_plot_index(tb: str) -> dict[str, int]:
+  try:
+    with open(os.path.join(tb, _PLOT_INDEX)) as f:
+      index = json.load(f)
+  except (OSError, ValueError):    # none yet, or torn: at worst an image is written again
+    return {}
+  return {k: v for k, v in index.items() if isinstance(v, int)} if isinstance(index, dict) else {}
+
+
+def _write_plot_index(tb: str, index: dict[str, int]) -> None:
+  path = os.path.join(tb, _PLOT_INDEX)
+  with open(path + ".tmp", "w") as f:
+    json.dump(index, f)
+  os.replace(path + ".tmp", path)
+
+
+def _truncate_plot_index(tb: str, keep_through_step: int) -> None:
+  """Forgets the plot images after `keep_through_step` (TensorBoard purges them)."""
+  index = _read_plot_index(tb)
+  kept = {k: v for k, v in index.items() if v <= keep_through_step}
+  if kept != index:
+    _write_plot_index(tb, kept)
 
 
 def _append_line(path: str, line: str) -> None:
