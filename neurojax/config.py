@@ -137,6 +137,13 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   # from step 0 and move that history to <workdir>/history/<n>/ (kept). Without
   # it such a run stops with an error. Never discards a usable checkpoint.
   c.restart = False
+  # Start from another run's newest checkpoint or a converted checkpoint
+  # (python -m neurojax.convert.torchvision): its params and BN statistics,
+  # checked leaf by leaf, when the workdir has nothing to resume. Leaves whose
+  # path (e.g. "params/fc/kernel") init_from_exclude matches keep their
+  # fresh init ("^params/fc/": fine-tune with a new classifier).
+  c.init_from = ""
+  c.init_from_exclude = ""
 
   c.sparsity = sparsity_config()
   # Each method's own section (config.prune, config.generations, config.kakuritsu),
@@ -324,6 +331,10 @@ def validate(config, device_count: int | None = None) -> None:
   _choice(config.optimizer.name, "optimizer.name", OPTIMIZERS)
   for field in ("weight_decay_exclude", "freeze"):
     _regex(config, f"optimizer.{field}")
+  if "init_from" in config:
+    if not isinstance(config.init_from, str):
+      raise ConfigError(f"config.init_from={config.init_from!r} must be a directory path (str)")
+    _regex(config, "init_from_exclude")
   for i, group in enumerate(config.optimizer.lr_groups):
     if (len(group) != 2 or not isinstance(group[0], str)
         or not isinstance(group[1], (int, float)) or not math.isfinite(group[1])

@@ -2,7 +2,7 @@
 
 Any config field can be overridden, e.g. `--config.schedule.lr=0.1`.
 Re-running the same command in the same workdir resumes from the latest
-checkpoint. Bad input (a missing config file, an unknown field, model,
+checkpoint; `--mode=eval` evaluates it (neurojax.evaluate). Bad input (a missing config file, an unknown field, model,
 dataset or method, a bad value, a batch size the devices cannot split, a
 missing or corrupt dataset, a workdir that cannot be written) stops the run
 before anything is compiled, with one line `neurojax: ...` that names the
@@ -28,6 +28,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics, TensorBoard events and results. "
     "Re-running with the same workdir resumes.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval"], "train: train (or resume) the config's method; eval: "
+    "evaluate the workdir's newest checkpoint (or config.init_from's weights) on "
+    "config.data.eval_split without training or touching the checkpoints.")
+_EVAL_OUT = flags.DEFINE_string(
+    "eval_out", None, "--mode=eval: the metrics' JSON file (default "
+    "<workdir>/eval/<split>-step<N>.json).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -200,7 +207,7 @@ def main(argv):
   import jax
   import ml_collections
   from neurojax import config as config_lib, methods, parallel
-  from neurojax.data import DataConfigError, DatasetNotFoundError, IdxFormatError
+  from neurojax.data import DataConfigError, DatasetNotFoundError, IdxFormatError, ImageFileError
   from neurojax.methods.kakuritsu import BackboneError
   from neurojax.train import CheckpointError, NonFiniteLossError
   from neurojax.train.experiment import ConfigMismatchError
@@ -228,7 +235,11 @@ def main(argv):
   preempt.install()       # SIGTERM / SIGINT: checkpoint the current step, then stop
   try:
     try:
-      methods.get(config.method)(config, workdir)
+      if _MODE.value == "eval":
+        from neurojax import evaluate
+        evaluate.run(config, workdir, _EVAL_OUT.value)
+      else:
+        methods.get(config.method)(config, workdir)
     finally:
       workdir_lib.remove_empty_dirs(created)  # a run that wrote nothing leaves nothing
   except preempt.Preempted as stop:
@@ -237,7 +248,7 @@ def main(argv):
     sys.exit(stop.exit_code)
   except config_lib.ConfigError as e:     # found by a method at run time (e.g. on the model)
     sys.exit(f"neurojax: bad config: {e}")
-  except (DataConfigError, DatasetNotFoundError, IdxFormatError, CheckpointError,
+  except (DataConfigError, DatasetNotFoundError, IdxFormatError, ImageFileError, CheckpointError,
           NonFiniteLossError, ConfigMismatchError, BackboneError, OptimizerConfigError,
           WorkdirStateError) as e:
     sys.exit(f"neurojax: {type(e).__name__}: {e}")

@@ -346,12 +346,12 @@ def _load_sources(d):
     train = sources_lib.FolderSource(d.data_dir, d.train_split)
     return train, sources_lib.FolderSource(d.data_dir, d.eval_split, train.class_names)
   shape, k, seed = tuple(d.synthetic_shape), d.num_classes, d.subset_seed
-  return (
-      sources_lib.synthetic_source('train', d.synthetic_train_size, shape, k,
-                                   seed),
-      sources_lib.synthetic_source('eval', d.synthetic_eval_size, shape, k,
-                                   seed),
-  )
+
+  def synthetic(split):  # 'train', or any other name for the eval set
+    if split == 'train':
+      return sources_lib.synthetic_source('train', d.synthetic_train_size, shape, k, seed)
+    return sources_lib.synthetic_source('eval', d.synthetic_eval_size, shape, k, seed)
+  return synthetic(d.train_split), synthetic(d.eval_split)
 
 
 def _num_classes(d, source) -> int:

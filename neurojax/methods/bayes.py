@@ -139,6 +139,14 @@ def predict(model, samples: int):
   return fn
 
 
+def eval_options(config, model, num_train: int) -> dict:
+  """The eval's objective, prediction and Monte-Carlo samples (training's and
+  `--mode=eval`'s)."""
+  samples = int(config.bayes.eval_samples)
+  return dict(objective=objective(config, num_train), predict=predict(model, samples),
+              samples=max(samples, 1))
+
+
 # --- MOPED ------------------------------------------------------------------
 
 def moped(variables, deterministic, delta: float, prior: str, min_sigma: float = 1e-6,
@@ -208,8 +216,8 @@ def run(config, workdir: str) -> dict:
   model = models.build(spec)
   samples = int(config.bayes.eval_samples)
   results, _ = supervised.train(
-      config, workdir, objective=objective(config, data.info.num_train), method="bayes",
-      predict=predict(model, samples), samples=max(samples, 1), data=data, model_spec=spec,
+      config, workdir, method="bayes", **eval_options(config, model, data.info.num_train),
+      data=data, model_spec=spec,
       initial=_moped_initial(config) if config.bayes.init_from else None,
       resume_safe=RESUME_SAFE,
       extra={"bayes": {"layers": spec["options"]["layers"], "estimator": config.bayes.estimator,

@@ -24,6 +24,7 @@ from absl import logging
 
 from neurojax import models, parallel, rng as rng_lib
 from neurojax.train import checkpoint as ckpt_lib
+from neurojax.train import init_from as init_from_lib
 from neurojax import losses
 from neurojax.nn import fastpath
 from neurojax.train import workdir as workdir_lib
@@ -37,7 +38,7 @@ from neurojax.train.writers import MetricWriter, Progress
 # results; a method adds its own (`setup(resume_safe=...)`).
 RESUME_SAFE_FIELDS = ("progress", "log_every_steps", "distributed", "parallel",
                       "async_checkpoint", "data.num_threads", "data.prefetch", "keep_checkpoints",
-                      "restart")
+                      "restart", "init_from", "init_from_exclude")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -252,7 +253,17 @@ def load_run(workdir: str):
   `model.apply({"params": state.params, ...}, images)`.
   """
   saved = workdir_lib.read_saved_config(os.path.join(workdir, "config.json"))
+  if saved is None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ckpt_lib.CheckpointError(f"{workdir} has no readable config.json: is it a neurojax "
+                                   f"workdir?")
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    return _load_run(workdir, saved, checkpointer)
+  finally:
+    checkpointer.close()
+
+
+def _load_run(workdir, saved, checkpointer):
   steps = checkpointer.all_steps()
   if saved is None and steps:
     saved = (_newest_meta(checkpointer) or {}).get("config")
@@ -284,7 +295,6 @@ def load_run(workdir: str):
     abstract = abstract.replace(opt_state=jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), saved_opt))
   state, _ = checkpointer.restore_latest(abstract, quarantine=False)   # read-only
-  checkpointer.close()
   return config, model, state
 
 
@@ -337,6 +347,9 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   data = data or build_data(config)
   num_steps = total_steps(config, data.info.steps_per_epoch)
+  initial = init_from_lib.initial(config, initial)
+  if config.get("init_from") and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    init_from_lib.check_source(config.init_from)   # before the new workdir holds anything
   os.makedirs(workdir, exist_ok=True)
   # Before anything reads or cleans the checkpoints: one live run per workdir.
   lock = workdir_lib.acquire(workdir) if parallel.is_main_process() else None
