@@ -1,4 +1,5 @@
-"""Import torchvision ResNet and ConvNeXt weights into neurojax's models.
+"""Import torchvision ResNet and ConvNeXt weights into neurojax's models
+(and export them back: `export_state_dict`, `python -m neurojax.convert.export`).
 
     python -m neurojax.convert.torchvision --arch resnet152 --weights IMAGENET1K_V1 --out DIR
     python -m neurojax.convert.torchvision --arch resnet50 --state-dict resnet50.pth --out DIR
@@ -143,6 +144,170 @@ def convert_state_dict(state_dict: dict, model, image_shape=(224, 224, 3),
       node = node.setdefault(name, {})
     node[path[-1]] = array
   return variables
+
+
+# Exported with torchvision's keys: `torchvision.models.get_model(arch)` loads them.
+TORCHVISION_ARCHS = ARCHS
+# No torchvision class (the CIFAR ResNets, ResNet-164): a plain state_dict in
+# PyTorch's layouts and leaf names, keyed by `torch_key` (`stage1_block0.conv1.weight`).
+PLAIN_ARCHS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164")
+EXPORT_ARCHS = TORCHVISION_ARCHS + PLAIN_ARCHS
+
+
+class ExportError(ConversionError):
+  """Variables that cannot be exported (the message names the leaf and the fix)."""
+
+
+def fc_classes(variables, arch: str) -> int:
+  """The classes of `arch`'s fc in `variables` (0: none, a backbone)."""
+  head = ("params", "head_fc" if arch.startswith("convnext") else "fc", "bias")
+  flat = _flat_paths({c: variables[c] for c in ("params",) if c in variables})
+  return int(flat[head].shape[0]) if head in flat else 0
+
+
+def check_arch(arch: str, flag: str = "arch") -> None:
+  if arch not in EXPORT_ARCHS:
+    raise ExportError(f"{flag}={arch!r} is not a model neurojax exports to PyTorch; choose one "
+                      f"of: {', '.join(EXPORT_ARCHS)} (the last {len(PLAIN_ARCHS)} have no "
+                      "torchvision class: they export to plain PyTorch keys)")
+
+
+def export_state_dict(variables, arch: str, model=None, image_shape=(32, 32, 3),
+                      num_batches_tracked: int = 0, source: str = "the variables",
+                      fix: str | None = None) -> dict[str, np.ndarray]:
+  """A torchvision `arch` state_dict (name -> numpy array) of neurojax
+  variables ({"params", "batch_stats"}): the inverse of `convert_state_dict`.
+
+  Kernels go back to PyTorch's layouts (HWIO -> OIHW, Dense [in, out] ->
+  Linear [out, in], ConvNeXt's layer scale [C] -> [C, 1, 1]); BN statistics
+  become `running_mean`/`running_var`, and each BN gets `num_batches_tracked`
+  (int64; torchvision's BNs, with momentum 0.1, do not read it). The
+  variables must have the shapes of `model` (default: `arch` as registered,
+  with the classes of its fc; pass the model of a slimmed or widened net,
+  e.g. `sparsity.load_exported`'s). Raises ExportError naming the leaf
+  (`source` names where the variables come from, `fix` replaces the advice)."""
+  check_arch(arch)
+  variables = jax.device_get({c: variables[c] for c in ("params", "batch_stats")
+                              if c in variables})
+  flat = _flat_paths(variables)
+  if model is None:
+    from neurojax import models  # pylint: disable=g-import-not-at-top
+    model = models.get_model(arch, num_classes=fc_classes(variables, arch))
+  expected = _flat_paths(jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                        np.zeros((1, *image_shape), np.float32)))
+  hint = fix or (f"is arch={arch} right? (a slimmed or narrower model: pass its own model, "
+                 "e.g. from sparsity.load_exported)")
+  for path, leaf in expected.items():
+    if path not in flat:
+      raise ExportError(f"{'/'.join(path)} (shape {tuple(leaf.shape)} in {arch}) is missing "
+                        f"from {source}; {hint}")
+    if tuple(np.shape(flat[path])) != tuple(leaf.shape):
+      raise ExportError(f"{'/'.join(path)} has shape {tuple(np.shape(flat[path]))} in {source} "
+                        f"but {tuple(leaf.shape)} in {arch}; {hint}")
+  extra = [p for p in flat if p not in expected]
+  if extra:
+    raise ExportError(f"{'/'.join(extra[0])} in {source} is not a variable of {arch}"
+                      + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "") + f"; {hint}")
+  out = {}
+  for path, array in flat.items():
+    key = torch_key(path, arch)
+    if key is None:
+      raise ExportError(f"{'/'.join(path)} has no PyTorch counterpart in {arch}'s layout")
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":       # numpy-only dtype: torch.from_numpy refuses it
+      array = array.astype(np.float32)
+    out[key] = np.asarray(_to_torch(array, path[-1]), order="C")
+    if path[0] == "batch_stats" and path[-1] == "var":
+      out[key.removesuffix("running_var") + "num_batches_tracked"] = np.array(
+          num_batches_tracked, np.int64)
+  return out
+
+
+def _write_atomically(path: str, write) -> None:
+  """`write(tmp)`, then renames tmp to `path`: never a half-written file."""
+  path = os.path.abspath(path)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  try:
+    write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)          # safetensors writes 0600
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def save_safetensors(state_dict: dict, path: str, metadata: dict | None = None) -> None:
+  """Writes `state_dict` (name -> array) as safetensors; `safetensors.torch.load_file`
+  (or `safetensors.numpy.load_file`) reads it back."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  arrays = {k: np.asarray(v, order="C") for k, v in state_dict.items()}  # (ascontiguousarray: 0-d -> 1-d)
+  meta = {"format": "pt", **{k: str(v) for k, v in (metadata or {}).items()}}
+  _write_atomically(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+
+
+def save_torch(state_dict: dict, path: str) -> None:
+  """Writes `state_dict` as a .pt of tensors (torch.save); `torch.load(path,
+  weights_only=True)` reads it back."""
+  import torch  # pylint: disable=g-import-not-at-top
+  tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+  _write_atomically(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def torchvision_model(arch: str, state_dict: dict):
+  """torchvision's `arch` (eval mode) holding `state_dict` (arrays or tensors),
+  built to its shapes: a slimmed or narrower ResNet gets convs, BNs and an
+  fc as wide as its tensors; a ConvNeXt gets the stage widths and depths of
+  its tensors. Loads strictly; raises ExportError."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchvision  # pylint: disable=g-import-not-at-top
+  if arch not in TORCHVISION_ARCHS:
+    raise ExportError(f"arch={arch!r} has no torchvision model; choose one of: "
+                      f"{', '.join(TORCHVISION_ARCHS)}")
+  tensors = {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}
+  if arch.startswith("convnext"):
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt  # pylint: disable=g-import-not-at-top
+    stages = []
+    while f"features.{2 * len(stages) + 1}.0.block.0.weight" in tensors:
+      k = 2 * len(stages) + 1
+      depth = sum(1 for key in tensors if re.fullmatch(rf"features\.{k}\.\d+\.layer_scale", key))
+      stages.append((int(tensors[f"features.{k}.0.block.0.weight"].shape[0]), depth))
+    settings = [CNBlockConfig(dim, stages[i + 1][0] if i + 1 < len(stages) else None, depth)
+                for i, (dim, depth) in enumerate(stages)]
+    net = ConvNeXt(settings, num_classes=int(tensors["classifier.2.weight"].shape[0]))
+  else:
+    fc = tensors.get("fc.weight")
+    net = torchvision.models.get_model(arch, weights=None,
+                                       num_classes=1000 if fc is None else int(fc.shape[0]))
+    if fc is None:
+      net.fc = torch.nn.Identity()
+    stem = tensors.get("conv1.weight")
+    if stem is not None and tuple(stem.shape[2:]) != (7, 7):
+      raise ExportError(f"conv1.weight has a {stem.shape[2]}x{stem.shape[3]} kernel (neurojax's "
+                        "stem='small'): torchvision's ResNet has a 7x7/2 stem and a max-pool; "
+                        "load this state_dict into your own module")
+    for name, m in list(net.named_modules()):
+      w = tensors.get(f"{name}.weight")
+      if w is None or tuple(w.shape) == tuple(m.weight.shape):
+        continue
+      if isinstance(m, torch.nn.Conv2d):
+        new = torch.nn.Conv2d(w.shape[1] * m.groups, w.shape[0], m.kernel_size, m.stride,
+                              m.padding, groups=m.groups, bias=m.bias is not None)
+      elif isinstance(m, torch.nn.BatchNorm2d):
+        new = torch.nn.BatchNorm2d(w.shape[0], eps=m.eps, momentum=m.momentum)
+      elif isinstance(m, torch.nn.Linear):
+        new = torch.nn.Linear(w.shape[1], w.shape[0], bias=m.bias is not None)
+      else:
+        continue
+      parent, _, child = name.rpartition(".")
+      setattr(net.get_submodule(parent) if parent else net, child, new)
+  try:
+    net.load_state_dict(tensors, strict=True)
+  except RuntimeError as e:
+    raise ExportError(f"the state_dict does not fit torchvision's {arch}: "
+                      f"{' '.join(str(e).split())[:500]}") from None
+  return net.eval()
 
 
 def read_state_dict(path: str) -> dict:
