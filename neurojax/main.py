@@ -87,6 +87,30 @@ def _config_flag_value(argv):
   return None
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def _shipped_config(argv):
+  """argv with a --config that names a shipped config (`dnr_flowers`,
+  `dnr_flowers.py`, `configs/dnr_flowers.py` or `neurojax/configs/...`, from
+  any directory, also when neurojax is installed) replaced by its path in
+  the package; other values are left as they are."""
+  value = _config_flag_value(argv)
+  if value is None:
+    return argv
+  path, sep, arg = value.partition(":")
+  if os.path.isfile(path):
+    return argv
+  name = os.path.basename(path)
+  shipped = os.path.join(CONFIGS_DIR, name if name.endswith(".py") else name + ".py")
+  if os.path.dirname(path) not in ("", "configs", os.path.join("neurojax", "configs")) or (
+      not os.path.isfile(shipped)):
+    return argv
+  new = shipped + sep + arg
+  return [a.replace(value, new, 1) if a in (f"--config={value}", f"-config={value}", value)
+          else a for a in argv]
+
+
 def _check_config_file(argv) -> None:
   """Exits with one line if --config does not name a config file."""
   value = _config_flag_value(argv)
@@ -99,12 +123,17 @@ def _check_config_file(argv) -> None:
   names = sorted(n for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(
       folder) else []
   close = [] if folder == path else difflib.get_close_matches(os.path.basename(path), names, n=1)
+  shipped = sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n[0] != "_") if (
+      os.path.isdir(CONFIGS_DIR)) else []
+  near = difflib.get_close_matches(os.path.basename(path).removesuffix(".py") + ".py", shipped, n=1)
   if close:
     hint = f"did you mean --config={os.path.join(os.path.dirname(path), close[0])}?"
+  elif near and os.path.dirname(path) in ("", "configs", os.path.join("neurojax", "configs")):
+    hint = f"did you mean --config={near[0].removesuffix('.py')} (a shipped config)?"
   elif names:
     hint = f"the configs in {folder} are: {', '.join(names)}"
   else:
-    hint = "pass a config file such as configs/default.py"
+    hint = f"pass a config file, or the name of one in {CONFIGS_DIR}, such as dnr_flowers"
   what = "is a directory" if os.path.isdir(path) else "does not exist"
   sys.exit(f"neurojax: --config={path} {what}; {hint}")
 
@@ -148,6 +177,7 @@ def _no_get_config_message(argv) -> str:
 
 
 def _parse_flags(argv):
+  argv = _shipped_config(argv)
   _check_config_file(argv)
   try:
     return flags.FLAGS(argv)

@@ -8,7 +8,7 @@ import pytest
 from neurojax.config import load_config_file, validate
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs", "*.py")))
+    os.path.abspath(__file__))), "configs", "[!_]*.py")))
 
 
 def test_configs_exist():
