@@ -15,6 +15,7 @@ Each method's own section (`config.prune`, `config.generations`,
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import numbers
@@ -162,6 +163,26 @@ def base_config(model: str = "lenet5") -> ml_collections.ConfigDict:
   # rules=() with "fsdp" shards every leaf; ("regex", "replicated") exempts.
   c.parallel = ml_collections.ConfigDict(dict(state="replicated", rules=(), min_size=2**14))
   return c
+
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_configs() -> list[str]:
+  """The names of the configs that ship in the package (neurojax/configs)."""
+  return sorted(n[:-3] for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n[0] != "_")
+
+
+def load_shipped(name: str, *args) -> ml_collections.ConfigDict:
+  """`get_config(*args)` of a shipped config by name, e.g.
+  `load_shipped("dnr_flowers", "ke")`: what `--config=dnr_flowers:ke` loads."""
+  path = os.path.join(CONFIGS_DIR, name.removesuffix(".py") + ".py")
+  if not os.path.isfile(path):
+    close = difflib.get_close_matches(name, shipped_configs(), n=1)
+    raise ConfigError(f"no shipped config {name!r}" + (
+        f"; did you mean {close[0]!r}?" if close else
+        f"; the shipped configs are: {', '.join(shipped_configs())}"))
+  return load_config_file(path, *args)
 
 
 def load_config_file(path: str, *args) -> ml_collections.ConfigDict:

@@ -87,7 +87,7 @@ def _config_flag_value(argv):
   return None
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # = config.CONFIGS_DIR
 
 
 def _shipped_config(argv):
