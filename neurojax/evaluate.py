@@ -39,7 +39,7 @@ def _weights(config, workdir: str, data_info):
   checkpoints = os.path.join(workdir, "checkpoints")
   steps = []
   if os.path.isdir(checkpoints):
-    checkpointer = ckpt_lib.Checkpointer(checkpoints, async_save=False)
+    checkpointer = ckpt_lib.Checkpointer(checkpoints, async_save=False, read_only=True)
     steps = checkpointer.all_steps()
     checkpointer.close()
   if steps or not config.get("init_from"):

@@ -37,6 +37,7 @@ def tree_digest(path):
   h = hashlib.sha256()
   for root, dirs, files in sorted(os.walk(path)):
     dirs.sort()
+    h.update(root.encode())
     for f in sorted(files):
       full = os.path.join(root, f)
       h.update(full.encode())
@@ -59,6 +60,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_eval_of_a_finished_run_equals_its_last_eval_and_touches_nothing(run_dir, tmp_path):
+  # A save in progress (a live run): reading must leave its temporary directory alone.
+  os.makedirs(os.path.join(run_dir, "checkpoints", "12.orbax-checkpoint-tmp-1733300000"))
   before = tree_digest(os.path.join(run_dir, "checkpoints"))
   out = str(tmp_path / "m.json")
   result = evaluate.run(tiny(), run_dir, out)

@@ -151,7 +151,10 @@ def tree_difference(saved_tree, target) -> str | None:
 class Checkpointer:
   """Keeps the last `max_to_keep` checkpoints of a run in `directory`."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
+    """`read_only=True` (reading another, maybe live, run): creates nothing and
+    leaves the temporary directories of a save in progress alone."""
     self.directory = os.path.abspath(directory)
     # Handlers registered up front, so that a new process can read a step's
     # item metadata (tree, shapes, dtypes) before restoring anything.
@@ -160,7 +163,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, handler_registry=registry,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+            max_to_keep=max_to_keep, create=not read_only,
+            cleanup_tmp_directories=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save))
     self._closed = False
 

@@ -253,14 +253,24 @@ def load_run(workdir: str):
   `model.apply({"params": state.params, ...}, images)`.
   """
   saved = workdir_lib.read_saved_config(os.path.join(workdir, "config.json"))
-  if saved is None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise ckpt_lib.CheckpointError(f"{workdir} has no readable config.json: is it a neurojax "
-                                   f"workdir?")
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if saved is None:
+      raise ckpt_lib.CheckpointError(f"{workdir} has no readable config.json: is it a neurojax "
+                                     f"workdir?")
+    raise _no_checkpoint(workdir)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False,
+                                       read_only=True)
   try:
     return _load_run(workdir, saved, checkpointer)
   finally:
     checkpointer.close()
+
+
+def _no_checkpoint(workdir) -> ckpt_lib.CheckpointError:
+  subruns = sorted(os.path.relpath(root, workdir) for root, _, files in os.walk(workdir)
+                   if "config.json" in files and root != workdir)
+  hint = f"; the runs inside it are: {', '.join(subruns)}" if subruns else ""
+  return ckpt_lib.CheckpointError(f"{workdir} has no checkpoint{hint}")
 
 
 def _load_run(workdir, saved, checkpointer):
@@ -272,11 +282,7 @@ def _load_run(workdir, saved, checkpointer):
                                    f"workdir?")
   config = _unflatten(saved)
   if not steps:
-    subruns = sorted(os.path.relpath(root, workdir)
-                     for root, _, files in os.walk(workdir)
-                     if "config.json" in files and root != workdir)
-    hint = f"; the runs inside it are: {', '.join(subruns)}" if subruns else ""
-    raise ckpt_lib.CheckpointError(f"{workdir} has no checkpoint{hint}")
+    raise _no_checkpoint(workdir)
   meta = checkpointer.read_meta(steps[-1])
   spec = meta.get("model") or config_model_spec(config, meta["num_classes"])
   image_shape = tuple(meta["image_shape"])
