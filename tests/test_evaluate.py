@@ -105,6 +105,7 @@ def test_init_from_a_run_copies_every_weight_and_checks_the_fit(run_dir, tmp_pat
   # Another number of classes: the classifier misfits, named ...
   with pytest.raises(init_from.InitFromError, match=r"params/fc3/bias is of shape \(10,\), not \(5,\)"):
     setup(tiny(init_from=run_dir, **{"data.num_classes": 5}), str(tmp_path / "misfit"))
+  assert not os.path.exists(tmp_path / "misfit" / "config.json")   # a corrected retry can start
   # ... unless excluded: it keeps its fresh init, the rest is loaded.
   exp = setup(tiny(init_from=run_dir, init_from_exclude="^params/fc3/",
                    **{"data.num_classes": 5}), str(tmp_path / "five"))

@@ -353,8 +353,8 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
   parallel.check_batch_size(config.eval_batch_size, "eval_batch_size", mesh)
   data = data or build_data(config)
   num_steps = total_steps(config, data.info.steps_per_epoch)
-  initial = init_from_lib.initial(config, initial)
-  if config.get("init_from") and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  fresh = not os.path.isdir(os.path.join(workdir, "checkpoints"))
+  if config.get("init_from") and fresh:
     init_from_lib.check_source(config.init_from)   # before the new workdir holds anything
   os.makedirs(workdir, exist_ok=True)
   # Before anything reads or cleans the checkpoints: one live run per workdir.
@@ -368,6 +368,13 @@ def setup(config, workdir: str, *, data=None, with_masks: bool = False, model_sp
             or config_model_spec(config, data.info.num_classes))
     model, schedule, tx = build_model_and_optimizer(
         config, spec, data.info.image_shape, data.info.steps_per_epoch, num_steps, optimizer)
+    source = None          # config.init_from's variables, checked against the model
+    if config.get("init_from") and meta is None:
+      source = init_from_lib.load_variables(config.init_from)
+      init_from_lib.check(jax.eval_shape(lambda: _template(
+          config, model, tx, data.info.image_shape, with_masks)), source, config.init_from,
+                          config.get("init_from_exclude", ""))
+    initial = init_from_lib.initial(config, initial, source)
     # Only now, so that a config failing above leaves no config.json behind.
     check_or_save_config(config, workdir, resume_safe, (meta or {}).get("config"))
     rules = parallel.state_rules(config.parallel)

@@ -70,44 +70,59 @@ def load_variables(path: str, field: str = "config.init_from") -> dict:
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
-def apply(state, variables: dict, source: str, exclude: str = ""):
-  """`state` with the params and batch_stats of `variables` (checked leaf by
-  leaf), except the leaves whose path `exclude` matches."""
+def _fitting(state, variables: dict, source: str, exclude: str) -> set:
+  """The leaf paths ("params/fc/kernel") to copy; raises InitFromError naming
+  a misfit."""
   keep = re.compile(exclude) if exclude else None
 
   def kept(tree, collection):
-    return {p: s for p, s in shapes(tree, collection + "/").items()
+    return {p: s for p, s in shapes(tree or {}, collection + "/").items()
             if not (keep and keep.search(p))}
 
-  collections = {"params": state.params, "batch_stats": state.batch_stats or {}}
   want, have = {}, {}
-  for name, tree in collections.items():
-    want.update(kept(tree, name))
-    have.update(kept(variables.get(name) or {}, name))
+  for name in ("params", "batch_stats"):
+    want.update(kept(getattr(state, name), name))
+    have.update(kept(variables.get(name), name))
   check_fit(want, have, source,
             "is config.model the source's? config.init_from_exclude keeps the fresh init of "
             "the leaves it matches, e.g. '^params/fc/' for a new number of classes")
+  return set(want)
+
+
+def check(state, variables: dict, source: str, exclude: str = "") -> None:
+  """Raises InitFromError unless `variables` fit `state` (arrays or shapes)."""
+  _fitting(state, variables, source, exclude)
+
+
+def apply(state, variables: dict, source: str, exclude: str = ""):
+  """`state` with the params and batch_stats of `variables` (checked leaf by
+  leaf), except the leaves whose path `exclude` matches."""
+  copy = _fitting(state, variables, source, exclude)
   new = {}
-  for name, tree in collections.items():
+  for name in ("params", "batch_stats"):
+    tree = getattr(state, name)
+    if not tree:
+      new[name] = tree
+      continue
     flat = traverse_util.flatten_dict(dict(tree), sep="/")
     theirs = traverse_util.flatten_dict(dict(variables.get(name) or {}), sep="/")
     for path, old in flat.items():
-      if f"{name}/{path}" in want:
+      if f"{name}/{path}" in copy:
         flat[path] = jnp.asarray(jax.device_get(theirs[path]), old.dtype)
-    new[name] = traverse_util.unflatten_dict(flat, sep="/") if flat else tree
-  state = state.replace(params=new["params"],
-                        batch_stats=new["batch_stats"] if state.batch_stats else state.batch_stats)
-  return state
+    new[name] = traverse_util.unflatten_dict(flat, sep="/")
+  return state.replace(**new)
 
 
-def initial(config, then=None):
+def initial(config, then=None, variables: dict | None = None):
   """setup's `initial(state) -> state` for config.init_from (None when it is
-  empty and `then` is None), followed by `then` (a method's own)."""
+  empty and `then` is None), followed by `then` (a method's own).
+  `variables`: the source's, if already loaded."""
   source = config.get("init_from", "")
   if not source:
     return then
 
   def load(state):
-    state = apply(state, load_variables(source), source, config.get("init_from_exclude", ""))
+    theirs = variables if variables is not None else load_variables(source)
+    state = apply(state, theirs, source, config.get("init_from_exclude", ""))
     return then(state) if then is not None else state
   return load
