@@ -47,19 +47,10 @@ def test_dit_adds_exactly_c_cubed(size, c):
 def _randomised_torchvision_tiny():
   """A torchvision convnext_tiny with every param random and O(1) (the
   default layer scale 1e-6 would hide the blocks)."""
-  torch = pytest.importorskip("torch")
+  pytest.importorskip("torch")
   torchvision = pytest.importorskip("torchvision")
-  torch.manual_seed(0)
-  tv = torchvision.models.convnext_tiny().eval()
-  with torch.no_grad():
-    for name, p in tv.named_parameters():
-      if name.endswith("layer_scale"):
-        p.uniform_(0.5, 1.5)
-      elif p.ndim == 1:
-        p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, 1.0 / np.sqrt(p[0].numel()))
-  return tv
+  from torch_helpers import randomise  # pylint: disable=g-import-not-at-top
+  return randomise(torchvision.models.convnext_tiny())
 
 
 def test_logits_match_torchvision_convnext_tiny():

@@ -15,28 +15,10 @@ from neurojax.convert import export as export_cli  # noqa: E402
 from neurojax.convert import torchvision as convert  # noqa: E402
 from neurojax.models import convnext  # noqa: E402
 from tests import cli  # noqa: E402
+from torch_helpers import randomise  # noqa: E402
 
 SIZE = 32
 X = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
-
-
-def _randomise(net, seed=0):
-  """Every param and BN statistic random and O(1) (init's 0/1 BN and 1e-6
-  layer scale would hide a swap or a skipped transpose)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for name, p in net.named_parameters():
-      if name.endswith("layer_scale"):
-        p.uniform_(0.5, 1.5)
-      elif p.ndim == 1:
-        p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, 1.0 / np.sqrt(p[0].numel()))
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.2, 0.2)
-        m.running_var.uniform_(0.5, 1.5)
-  return net.eval()
 
 
 def _logits(net, x=X):
@@ -62,7 +44,7 @@ def _one_line_exit(argv) -> str:
 
 @pytest.fixture(scope="module")
 def resnet18():
-  net = _randomise(torchvision.models.resnet18(num_classes=10))
+  net = randomise(torchvision.models.resnet18(num_classes=10))
   variables = convert.convert_state_dict(net.state_dict(), models.get_model(
       "resnet18", num_classes=10), (SIZE, SIZE, 3))
   return net, variables
@@ -86,7 +68,7 @@ def test_resnet18_round_trip_is_exact_and_gives_the_logits(resnet18, tmp_path):
 
 def test_tiny_convnext_round_trip_with_layer_scale_and_layer_norms():
   from torchvision.models.convnext import CNBlockConfig, ConvNeXt  # pylint: disable=g-import-not-at-top
-  net = _randomise(ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, 24, 1),
+  net = randomise(ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, 24, 1),
                              CNBlockConfig(24, 32, 2), CNBlockConfig(32, None, 1)],
                             num_classes=5))
   model = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5)
