@@ -229,3 +229,14 @@ def test_dnr_flowers_config_runs_end_to_end(fake_flowers, tmp_path):
   assert "layer1_0/conv1/kernel" in kept and "fc/kernel" in kept
   assert not any("downsample" in p for p in kept)
   assert "computing a mask takes" in proc.stdout
+
+
+def test_overlap_is_undefined_when_nothing_is_kept():
+  """LLF's keep mask covers only the layers it re-draws whole: nothing kept,
+  so no overlap (not 0.0)."""
+  from neurojax.methods.generations import _counts  # pylint: disable=g-import-not-at-top
+  none = {"fc/kernel": np.zeros((2, 3), bool)}
+  assert _counts(none, none) == (6, None)
+  half = {"fc/kernel": np.array([[1, 1, 0], [0, 0, 0]], bool)}
+  prev = {"fc/kernel": np.array([[1, 0, 0], [1, 0, 0]], bool)}
+  assert _counts(half, prev) == (4, 0.5) and _counts(half, None) == (4, None)

@@ -140,14 +140,16 @@ def _by_path(keep) -> dict:
 
 def _counts(keep: dict, previous: dict | None):
   """(entries reset, and the fraction of the kept entries that the previous
-  generation kept too, over the leaves both masks cover)."""
+  generation kept too, over the leaves both masks cover; None where there is
+  nothing to compare: no previous mask, or nothing kept, as LLF's mask of
+  the layers it re-draws whole)."""
   reset = sum(int(m.size - m.sum()) for m in keep.values())
   if not previous:
     return reset, None
   common = [p for p in keep if p in previous]
   kept = sum(int(keep[p].sum()) for p in common)
   both = sum(int((keep[p] & previous[p]).sum()) for p in common)
-  return reset, both / max(kept, 1)
+  return reset, (both / kept if kept else None)
 
 
 def _mask_path(workdir, generation):
