@@ -163,9 +163,11 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, handler_registry=registry,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=not read_only,
-            cleanup_tmp_directories=not read_only, read_only=read_only,
-            enable_async_checkpointing=async_save))
+            # What orbax would otherwise reset, with a warning each, when read-only.
+            **(dict(save_interval_steps=0, max_to_keep=None) if read_only else
+               dict(max_to_keep=max_to_keep)),
+            create=not read_only, cleanup_tmp_directories=not read_only,
+            read_only=read_only, enable_async_checkpointing=async_save))
     self._closed = False
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
