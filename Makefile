@@ -11,7 +11,7 @@ CONFIG ?= configs/dnr_fmnist.py
 WORKDIR ?= runs/dnr_fmnist
 PYTEST_ARGS ?=
 
-.PHONY: run test setup dataset bench clean
+.PHONY: run test notebooks setup dataset bench clean
 
 run: setup
 	$(PY) -m neurojax.main --config=$(CONFIG) --workdir=$(WORKDIR)
@@ -24,6 +24,10 @@ run: setup
 TEST_WORKERS ?= 2
 test: setup $(VENV)/.convert
 	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS) tests
+
+# Every notebook in colab/, top to bottom, in its SMALL mode (CI runs this too).
+notebooks: setup $(VENV)/.convert
+	$(PY) colab/execute.py
 
 setup: $(VENV)/.installed dataset
 
