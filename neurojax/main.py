@@ -120,7 +120,7 @@ def _check_config_file(argv) -> None:
   if os.path.isfile(path):
     return
   folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-  names = sorted(n for n in os.listdir(folder) if n.endswith(".py")) if os.path.isdir(
+  names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and n[0] != "_") if os.path.isdir(
       folder) else []
   close = [] if folder == path else difflib.get_close_matches(os.path.basename(path), names, n=1)
   shipped = sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n[0] != "_") if (
