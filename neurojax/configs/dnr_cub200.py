@@ -1,6 +1,6 @@
 """DNR on CUB-200-2011 (200 bird species; TFDS `caltech_birds2011`: 5,994
 train and 5,794 test images), ResNet-18: the recipe of `dnr_flowers.py`
-(METHODS.md section 4; the DNR paper trains every small dataset with it):
+(the DNR paper trains every small dataset with it):
 torchvision's ResNet-18 with kaiming-normal fan-in init, resize 256x256 then
 random-resized-crop 224 + flip (centre crop 224 to evaluate), ImageNet
 mean/std, SGD momentum 0.9, weight decay 1e-4, label smoothing 0.1, lr 0.256

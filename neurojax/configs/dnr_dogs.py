@@ -1,7 +1,6 @@
 """DNR on Stanford Dogs (120 breeds; TFDS `stanford_dogs`: 12,000 train
-and 8,580 test images), ResNet-18: the recipe of `dnr_flowers.py` (METHODS.md
-section 4; the DNR paper trains every small dataset with it): torchvision's
-ResNet-18 with kaiming-normal fan-in init, resize 256x256 then
+and 8,580 test images), ResNet-18: the recipe of `dnr_flowers.py` (the DNR
+paper trains every small dataset with it): torchvision's ResNet-18 with kaiming-normal fan-in init, resize 256x256 then
 random-resized-crop 224 + flip (centre crop 224 to evaluate), ImageNet
 mean/std, SGD momentum 0.9, weight decay 1e-4, label smoothing 0.1, lr 0.256
 at batch 32 with 5 warm-up epochs then cosine, restarted each generation;

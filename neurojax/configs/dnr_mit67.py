@@ -1,7 +1,7 @@
 """DNR on MIT Indoor-67 (67 scene classes; the standard split of 80 train
 and 20 test images per class: 5,360 and 1,340), ResNet-18, read from image
-folders: the recipe of `dnr_flowers.py` (METHODS.md section 4; the DNR paper
-trains every small dataset with it): torchvision's ResNet-18 with
+folders: the recipe of `dnr_flowers.py` (the DNR paper trains every small
+dataset with it): torchvision's ResNet-18 with
 kaiming-normal fan-in init, resize 256x256 then random-resized-crop 224 +
 flip (centre crop 224 to evaluate), ImageNet mean/std, SGD momentum 0.9,
 weight decay 1e-4, label smoothing 0.1, lr 0.256 at batch 32 with 5 warm-up
