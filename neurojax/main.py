@@ -158,7 +158,8 @@ def _unknown_field_message(argv, error) -> str:
       if renamed:
         message += f"; it was renamed: use {renamed}"
       config_file = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
-      node = load_config_file(config_file)
+      path, _, arg = config_file.partition(":")     # file.py:arg gives get_config(arg)
+      node = load_config_file(path, *([arg] if arg else []))
       for part in override.split("=")[0].split(".")[1:]:
         if part == key:
           break

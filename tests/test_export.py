@@ -144,12 +144,16 @@ def test_slimmed_cifar_resnet20_exports_plain_pytorch_keys():
 
 
 def test_cli_exports_a_run_and_reads_the_workdir_only(tmp_path, capsys):
+  from neurojax import methods  # pylint: disable=g-import-not-at-top
+  from neurojax.config import load_config_file  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
-  cli.run(workdir, "--config.model.stem=imagenet",
-          "--config.model.width=4", f"--config.data.synthetic_shape=({SIZE},{SIZE},3)",
-          "--config.num_steps=2", "--config.checkpoint_every_steps=2",
-          "--config.eval_every_steps=2", "--config.log_every_steps=2",
-          config=f"{cli.TINY}:resnet18")
+  config = load_config_file(cli.TINY, "resnet18")     # trained in process: no 2nd jax start
+  config.model.stem, config.model.width = "imagenet", 4
+  config.data.synthetic_shape = (SIZE, SIZE, 3)
+  config.num_steps = config.checkpoint_every_steps = config.eval_every_steps = 2
+  config.log_every_steps = 2
+  methods.get(config.method)(config, str(workdir))
+  capsys.readouterr()                                   # the run's own report
   before = sorted((root, f, os.stat(os.path.join(root, f)).st_mtime_ns)
                   for root, dirs, files in os.walk(workdir) for f in files + dirs)
   out = tmp_path / "run.pt"
