@@ -87,7 +87,6 @@ def _config_flag_value(argv):
   return None
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")  # = config.CONFIGS_DIR
 
 
 def _shipped_config(argv):
@@ -101,6 +100,7 @@ def _shipped_config(argv):
   path, sep, arg = value.partition(":")
   if os.path.isfile(path):
     return argv
+  from neurojax.config import CONFIGS_DIR  # pylint: disable=g-import-not-at-top
   name = os.path.basename(path)
   shipped = os.path.join(CONFIGS_DIR, name if name.endswith(".py") else name + ".py")
   if os.path.dirname(path) not in ("", "configs", os.path.join("neurojax", "configs")) or (
@@ -123,17 +123,17 @@ def _check_config_file(argv) -> None:
   names = sorted(n for n in os.listdir(folder) if n.endswith(".py") and n[0] != "_") if os.path.isdir(
       folder) else []
   close = [] if folder == path else difflib.get_close_matches(os.path.basename(path), names, n=1)
-  shipped = sorted(n for n in os.listdir(CONFIGS_DIR) if n.endswith(".py") and n[0] != "_") if (
-      os.path.isdir(CONFIGS_DIR)) else []
-  near = difflib.get_close_matches(os.path.basename(path).removesuffix(".py") + ".py", shipped, n=1)
+  from neurojax.config import shipped_configs  # pylint: disable=g-import-not-at-top
+  near = difflib.get_close_matches(os.path.basename(path).removesuffix(".py"), shipped_configs(),
+                                   n=1)
   if close:
     hint = f"did you mean --config={os.path.join(os.path.dirname(path), close[0])}?"
   elif near and os.path.dirname(path) in ("", "configs", os.path.join("neurojax", "configs")):
-    hint = f"did you mean --config={near[0].removesuffix('.py')} (a shipped config)?"
+    hint = f"did you mean --config={near[0]} (a shipped config)?"
   elif names:
     hint = f"the configs in {folder} are: {', '.join(names)}"
   else:
-    hint = f"pass a config file, or the name of one in {CONFIGS_DIR}, such as dnr_flowers"
+    hint = "pass a config file, or the name of a shipped one, such as dnr_flowers"
   what = "is a directory" if os.path.isdir(path) else "does not exist"
   sys.exit(f"neurojax: --config={path} {what}; {hint}")
 

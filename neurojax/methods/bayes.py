@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from neurojax import models
 from neurojax.nn import bayes as bnn
+from neurojax.train import init_from
 from neurojax.train import steps as steps_lib
 from neurojax.train.checkpoint import CheckpointError
 
@@ -159,14 +160,9 @@ def moped(variables, deterministic, delta: float, prior: str, min_sigma: float =
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   det = traverse_util.flatten_dict(jax.device_get(deterministic), sep="/")
   extra = {p for p in flat if p.endswith(("_rho", "_prior"))}
-  for path in sorted((set(flat) - extra) | set(det)):
-    want, have = np.shape(flat[path]) if path in flat else None, \
-        np.shape(det[path]) if path in det else None
-    if want != have:
-      what = ("missing" if have is None else "unexpected" if want is None
-              else f"of shape {have}, not {want}")
-      raise CheckpointError(f"{source}: {path} is {what} for this config's model (is "
-                            f"config.model the deterministic run's?)")
+  init_from.check_fit({p: np.shape(v) for p, v in flat.items() if p not in extra},
+                      {p: np.shape(v) for p, v in det.items()}, source,
+                      "is config.model the deterministic run's?", CheckpointError)
   out = {p: (np.asarray(det[p], flat[p].dtype) if p in det else flat[p]) for p in flat}
   for path in extra:
     collection, *module, leaf = path.split("/")

@@ -44,8 +44,8 @@ from neurojax.nn.gating import Gate, OnBackbone
 from neurojax.train import report
 from neurojax.train import workdir as workdir_lib
 from neurojax.train import steps as steps_lib
+from neurojax.train import init_from
 from neurojax.train.experiment import check_or_save_config, load_run
-from neurojax.tree import path_str
 
 HEADS = ("K", "D", "W")
 MODES = ("own", "switch", "kakuritsu", "dropout")
@@ -174,23 +174,15 @@ def load_backbone(directory: str, config) -> dict:
                          for c, tree in variables.items()})
 
 
-def _shapes(tree) -> dict:
-  return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def with_backbone(state, variables: dict, source: str):
   """`state` with its "backbone" params and BN statistics from `variables`
   (checked leaf by leaf: a missing, unexpected or misshapen one is an error
   that names it)."""
   params, stats = dict(state.params), dict(state.batch_stats)
   for collection, target in (("params", params), ("batch_stats", stats)):
-    want, have = _shapes(target["backbone"]), _shapes(variables.get(collection, {}))
-    for path in sorted(set(want) | set(have)):
-      if want.get(path) != have.get(path):
-        what = ("missing" if path not in have else "unexpected" if path not in want
-                else f"of shape {have[path]}, not {want[path]}")
-        raise BackboneError(f"{source}: {collection}/{path} is {what} for config.model "
-                            "(is config.model.name, stem or width right?)")
+    init_from.check_fit(init_from.shapes(target["backbone"], f"{collection}/"),
+                        init_from.shapes(variables.get(collection, {}), f"{collection}/"),
+                        source, "is config.model.name, stem or width right?", BackboneError)
     target["backbone"] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype),
                                       variables[collection], target["backbone"])
   return state.replace(params=params, batch_stats=stats)

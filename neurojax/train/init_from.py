@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from neurojax.train.checkpoint import CheckpointError
+from neurojax.tree import path_str
 
 
 class InitFromError(CheckpointError):
@@ -30,19 +31,21 @@ class InitFromError(CheckpointError):
 
 
 def shapes(tree, prefix: str = "") -> dict:
-  """{"a/b/kernel": shape} of a nested dict of arrays."""
-  return {prefix + "/".join(map(str, k)): tuple(jnp.shape(v))
-          for k, v in traverse_util.flatten_dict(dict(tree)).items()}
+  """{"a/b/kernel": shape} of a pytree of arrays (or shapes)."""
+  return {prefix + path_str(p): tuple(jnp.shape(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_fit(want: dict, have: dict, source: str, hint: str) -> None:
-  """Raises InitFromError naming the first leaf path whose shape differs
-  between `want` (the model's) and `have` (the source's)."""
+def check_fit(want: dict, have: dict, source: str, hint: str, error=InitFromError) -> None:
+  """Raises `error` naming the first leaf path whose shape differs between
+  `want` (the model's, {path: shape}) and `have` (the source's). The one
+  leaf check of every "start from these weights" (init_from, the Kakuritsu
+  backbone, MOPED)."""
   for path in sorted(set(want) | set(have)):
     if want.get(path) != have.get(path):
       what = ("missing" if path not in have else "unexpected" if path not in want
               else f"of shape {have[path]}, not {want[path]}")
-      raise InitFromError(f"{source}: {path} is {what} for this config's model ({hint})")
+      raise error(f"{source}: {path} is {what} for this config's model ({hint})")
 
 
 def is_source(path: str) -> bool:
